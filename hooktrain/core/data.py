@@ -1,0 +1,101 @@
+"""Data loading: a seedable, resumable batch sampler and the default collator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of indices whose order depends only on ``(seed, epoch)``.
+
+    ``set_epoch(e)`` picks the permutation; ``skip_batches(n)`` makes the next iteration start
+    at batch ``n`` without touching the skipped data (exact mid-epoch resume). With several
+    processes each rank takes every ``world_size``-th index of the padded permutation, as
+    ``DistributedSampler`` does.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._skip = 0
+        self.per_rank = math.ceil(num_samples / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_batches(self, n: int) -> None:
+        """Start the next iteration at batch *n* (for one iteration only)."""
+        self._skip = n
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        if self.world_size > 1:
+            total = self.per_rank * self.world_size
+            order += order[: total - len(order)]
+            order = order[self.rank : total : self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.per_rank // self.batch_size
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.indices()
+        start, self._skip = self._skip, 0
+        for b in range(start, len(self)):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+def default_collate(items: Sequence[Any]) -> Any:
+    """Stack a list of dict items per key (tensors, numbers); other item types go to torch's collate."""
+    first = items[0]
+    if isinstance(first, Mapping):
+        out = {}
+        for key in first:
+            values = [item[key] for item in items]
+            v0 = values[0]
+            if isinstance(v0, torch.Tensor):
+                out[key] = torch.stack(values)
+            elif isinstance(v0, (bool, int, float)):
+                out[key] = torch.tensor(values)
+            else:
+                out[key] = torch.utils.data.default_collate(values)
+        return out
+    return torch.utils.data.default_collate(items)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move the tensors of a batch (dict, list, tuple or tensor) to *device*."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

@@ -1,0 +1,475 @@
+"""Hook specifications: the whole interface between the loop and the plugins.
+
+Four kinds of hooks, each with one calling rule:
+
+* **Plugin system and registries** — every implementation runs.
+* **Events** — notifications; every implementation runs; return values are ignored.
+* **Decisions** — ``firstresult``: the first non-``None`` answer wins; built-in answers are ``trylast``.
+* **Actions** — ``firstresult`` overridable steps of the loop (optimizer, scheduler, training step,
+  backward, optimizer step, evaluation); the built-in implementation is ``trylast``.
+* **Reporters** — narrow hooks called only by the reporting bridge, never by the loop.
+
+Arguments are keyword-only; an implementation may accept any subset of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from hooktrain.core.markers import hookspec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from pathlib import Path
+
+    import torch
+
+    from hooktrain.core.args import TrainingArguments
+    from hooktrain.core.loop import Trainer
+    from hooktrain.core.state import TrainerState
+    from hooktrain.core.types import EvalOutput, StepOutcome
+
+__all__ = [
+    "validate_args",
+    "configure",
+    "register_reporters",
+    "register_save_policies",
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_step_begin",
+    "on_step_end",
+    "on_log",
+    "on_evaluate",
+    "on_save",
+    "on_epoch_end",
+    "on_train_end",
+    "on_exception",
+    "extra_logs",
+    "protected_checkpoints",
+    "plugin_state",
+    "load_plugin_state",
+    "should_save",
+    "should_stop",
+    "create_optimizer",
+    "create_scheduler",
+    "training_step",
+    "backward",
+    "optimizer_step",
+    "evaluation_loop",
+    "save_checkpoint",
+    "save_model",
+    "resume_checkpoint",
+    "report_run_start",
+    "report_scalars",
+    "report_run_end",
+]
+
+Trigger = Literal["step", "epoch", "train_end"]
+
+
+# ---- Plugin system ---------------------------------------------------------------------
+
+
+@hookspec
+def validate_args(trainer: Trainer, args: TrainingArguments) -> list[str] | None:
+    """Check the settings of the config group you own, once per :class:`Trainer`.
+
+    Called after every plugin has registered and every registry is filled, before
+    ``configure``. Return a list of problems (each naming the field, its value and what is
+    allowed) or ``None``; the Trainer raises one :class:`ArgumentError` listing the problems of
+    every plugin. Raising ``ArgumentError`` directly also works.
+
+    :param trainer: the Trainer being built (model, datasets and registries are set).
+    :param args: the run's arguments.
+    """
+
+
+@hookspec
+def configure(trainer: Trainer, args: TrainingArguments) -> None:
+    """Activate your config group: register stateful plugin objects when *args* enable it.
+
+    Called once per :class:`Trainer`, after ``validate_args``. Register objects with
+    ``trainer.plugin_manager.register(obj, name=...)``.
+
+    :param trainer: the Trainer being built.
+    :param args: the run's arguments.
+    """
+
+
+@hookspec
+def register_reporters(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Add reporters to the open reporter registry.
+
+    Call ``register(name, factory)``; ``factory(args)`` returns the reporter plugin object
+    (implementing the ``report_*`` hooks). ``args.report_to`` selects reporters by name.
+
+    :param register: the registry's ``register(name, factory)`` function.
+    """
+
+
+@hookspec
+def register_save_policies(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Add save policies to the open save-policy registry.
+
+    Call ``register(name, factory)``; ``factory(args)`` returns a plugin object implementing
+    ``should_save``. ``args.save_strategy`` selects one by name.
+
+    :param register: the registry's ``register(name, factory)`` function.
+    """
+
+
+# ---- Events: every implementation runs; return values are ignored -------------------------
+
+
+@hookspec
+def on_train_begin(trainer: Trainer, args: TrainingArguments, state: TrainerState) -> None:
+    """Training starts: the model, optimizer and scheduler exist, a checkpoint (if any) is loaded.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    """
+
+
+@hookspec
+def on_epoch_begin(trainer: Trainer, args: TrainingArguments, state: TrainerState) -> None:
+    """An epoch starts (``state.epoch`` is the number of epochs done so far).
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    """
+
+
+@hookspec
+def on_step_begin(trainer: Trainer, args: TrainingArguments, state: TrainerState) -> None:
+    """An optimizer step starts (before its first micro-batch).
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    """
+
+
+@hookspec
+def on_step_end(trainer: Trainer, args: TrainingArguments, state: TrainerState) -> None:
+    """An optimizer step ended: ``state.global_step`` and ``state.epoch`` are updated.
+
+    Fires before that step's log, evaluation and save.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    """
+
+
+@hookspec
+def on_log(
+    trainer: Trainer, args: TrainingArguments, state: TrainerState, logs: dict[str, Any]
+) -> None:
+    """Something was logged: training logs, evaluation metrics or the final summary.
+
+    ``logs`` is a fresh dict for each implementation; changing it affects nobody else. The same
+    values (plus ``step``) were appended to ``state.log_history``.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param logs: the logged values.
+    """
+
+
+@hookspec
+def on_evaluate(
+    trainer: Trainer, args: TrainingArguments, state: TrainerState, metrics: dict[str, float]
+) -> None:
+    """An evaluation finished; *metrics* carry the ``eval_`` prefix.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param metrics: the evaluation metrics (a fresh dict for each implementation).
+    """
+
+
+@hookspec
+def on_save(
+    trainer: Trainer, args: TrainingArguments, state: TrainerState, checkpoint_dir: Path
+) -> None:
+    """A checkpoint is complete on disk under its final name.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param checkpoint_dir: the checkpoint's directory.
+    """
+
+
+@hookspec
+def on_epoch_end(trainer: Trainer, args: TrainingArguments, state: TrainerState) -> None:
+    """An epoch ended (also when it was cut short by ``max_steps`` or a stop).
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    """
+
+
+@hookspec
+def on_train_end(
+    trainer: Trainer,
+    args: TrainingArguments,
+    state: TrainerState,
+    status: Literal["completed", "stopped", "failed"],
+) -> None:
+    """Training ended; every implementation runs even if one raises.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param status: ``"completed"``, ``"stopped"`` (a plugin or Ctrl-C stopped it) or ``"failed"``.
+    """
+
+
+@hookspec
+def on_exception(
+    trainer: Trainer, args: TrainingArguments, state: TrainerState, error: BaseException
+) -> None:
+    """Training raised *error*; observe it (flush, clean up). The loop re-raises afterwards.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param error: the exception (``KeyboardInterrupt`` included).
+    """
+
+
+# ---- Contributions: every implementation runs; the loop merges the returned values ------
+
+
+@hookspec
+def extra_logs(trainer: Trainer, state: TrainerState) -> Mapping[str, float] | None:
+    """Scalars to add to the training log being built (contribute by return, never mutate).
+
+    :param trainer: the Trainer.
+    :param state: the run's state.
+    """
+
+
+@hookspec
+def protected_checkpoints(trainer: Trainer, state: TrainerState) -> Iterable[str] | None:
+    """Checkpoint directory names that ``save_total_limit`` rotation must keep (e.g. the best).
+
+    :param trainer: the Trainer.
+    :param state: the run's state.
+    """
+
+
+@hookspec
+def plugin_state(trainer: Trainer) -> tuple[str, dict[str, Any]] | None:
+    """Return ``(unique key, JSON-safe state)`` to store in every checkpoint.
+
+    :param trainer: the Trainer.
+    """
+
+
+@hookspec
+def load_plugin_state(trainer: Trainer, states: Mapping[str, dict[str, Any]]) -> None:
+    """Restore your state from ``states[key]`` (the key you returned from ``plugin_state``).
+
+    Called on resume, after the model, optimizer and scheduler are restored.
+
+    :param trainer: the Trainer.
+    :param states: every plugin's saved state, by key.
+    """
+
+
+# ---- Decisions: firstresult; the first non-None answer wins ------------------------------
+
+
+@hookspec(firstresult=True)
+def should_save(
+    trainer: Trainer,
+    args: TrainingArguments,
+    state: TrainerState,
+    metrics: dict[str, float] | None,
+    trigger: Trigger,
+) -> bool | None:
+    """Whether to save a checkpoint now. Stops at first non-None result.
+
+    Asked after every optimizer step (after that step's evaluation, whose metrics it gets;
+    else ``metrics=None``; ``trigger="step"``), at every epoch end (``trigger="epoch"``) and
+    once at the end of training (``trigger="train_end"``). The policy selected by
+    ``save_strategy`` answers by default; a ``tryfirst`` implementation may force or veto.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param metrics: the metrics of an evaluation that just ran at this point, else ``None``.
+    :param trigger: ``"step"``, ``"epoch"`` or ``"train_end"``.
+    """
+
+
+@hookspec(firstresult=True)
+def should_stop(
+    trainer: Trainer,
+    args: TrainingArguments,
+    state: TrainerState,
+    metrics: dict[str, float] | None,
+) -> str | None:
+    """A reason to stop training now, or ``None``. Stops at first non-None result.
+
+    Asked after every optimizer step, after that step's log, evaluation and save.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param metrics: the metrics of an evaluation that just ran at this step, else ``None``.
+    """
+
+
+# ---- Actions: firstresult with a trylast built-in -----------------------------------------
+
+
+@hookspec(firstresult=True)
+def create_optimizer(
+    trainer: Trainer, model: torch.nn.Module, args: TrainingArguments
+) -> torch.optim.Optimizer | None:
+    """Build the optimizer. Stops at first non-None result.
+
+    :param trainer: the Trainer.
+    :param model: the model to optimise.
+    :param args: the run's arguments.
+    """
+
+
+@hookspec(firstresult=True)
+def create_scheduler(
+    trainer: Trainer,
+    optimizer: torch.optim.Optimizer,
+    args: TrainingArguments,
+    num_training_steps: int,
+) -> Any | None:
+    """Build the learning-rate scheduler (stepped once per optimizer step). Stops at first non-None result.
+
+    :param trainer: the Trainer.
+    :param optimizer: the optimizer.
+    :param args: the run's arguments.
+    :param num_training_steps: the total number of optimizer steps (``state.max_steps``).
+    """
+
+
+@hookspec(firstresult=True)
+def training_step(trainer: Trainer, model: torch.nn.Module, batch: Any) -> torch.Tensor | None:
+    """Compute the loss of one micro-batch (forward pass only). Stops at first non-None result.
+
+    Precision plugins wrap this hook (``wrapper=True``) to run it under autocast.
+
+    :param trainer: the Trainer.
+    :param model: the model in training mode (possibly wrapped, e.g. by DDP).
+    :param batch: the collated micro-batch, on the model's device.
+    """
+
+
+@hookspec(firstresult=True)
+def backward(trainer: Trainer, loss: torch.Tensor) -> bool | None:
+    """Back-propagate *loss* (already divided by the micro-batches of its window). Stops at first non-None result.
+
+    Return ``True`` when done.
+
+    :param trainer: the Trainer.
+    :param loss: the scaled loss of one micro-batch.
+    """
+
+
+@hookspec(firstresult=True)
+def optimizer_step(
+    trainer: Trainer,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    need_grad_norm: bool,
+) -> StepOutcome | None:
+    """Clip the gradients and step the optimizer. Stops at first non-None result.
+
+    Return a :class:`~hooktrain.core.types.StepOutcome`: the pre-clip gradient norm (a tensor,
+    or ``None`` when it was not computed) and whether the step was skipped (e.g. inf gradients
+    under fp16; the scheduler then does not step).
+
+    :param trainer: the Trainer.
+    :param model: the model.
+    :param optimizer: the optimizer.
+    :param need_grad_norm: the norm will be logged after this step; compute it even if not clipping.
+    """
+
+
+@hookspec(firstresult=True)
+def evaluation_loop(
+    trainer: Trainer, model: torch.nn.Module, dataloader: Iterable[Any]
+) -> EvalOutput | None:
+    """Run the model over the evaluation data. Stops at first non-None result.
+
+    Return an :class:`~hooktrain.core.types.EvalOutput` (mean loss, predictions, labels,
+    sample count). Precision plugins wrap this hook for half-precision evaluation.
+
+    :param trainer: the Trainer.
+    :param model: the model, in eval mode.
+    :param dataloader: the evaluation batches.
+    """
+
+
+@hookspec(firstresult=True)
+def save_checkpoint(trainer: Trainer, state: TrainerState) -> Path | None:
+    """Write a checkpoint of the current step and return its directory. Stops at first non-None result.
+
+    :param trainer: the Trainer.
+    :param state: the run's state.
+    """
+
+
+@hookspec(firstresult=True)
+def save_model(trainer: Trainer, output_dir: str) -> Path | None:
+    """Write the model's weights and the arguments into *output_dir*. Stops at first non-None result.
+
+    :param trainer: the Trainer.
+    :param output_dir: the destination directory.
+    """
+
+
+@hookspec(firstresult=True)
+def resume_checkpoint(trainer: Trainer, checkpoint: str | bool) -> Path | None:
+    """Restore the run from a checkpoint; return the directory used. Stops at first non-None result.
+
+    Called by ``train(resume_from_checkpoint=...)`` before ``on_train_begin``.
+
+    :param trainer: the Trainer.
+    :param checkpoint: ``True`` (the newest valid checkpoint) or a checkpoint path.
+    """
+
+
+# ---- Reporters: called only by the reporting bridge ----------------------------------------
+
+
+@hookspec
+def report_run_start(run_name: str, config: dict[str, Any]) -> None:
+    """A run starts: open it in your tracker.
+
+    :param run_name: the run's name (``args.run_name`` or a generated one).
+    :param config: the JSON-safe arguments dict.
+    """
+
+
+@hookspec
+def report_scalars(scalars: dict[str, float], step: int) -> None:
+    """Record scalars (namespaced: ``train/loss``, ``eval/accuracy``) at the global step.
+
+    :param scalars: name to value.
+    :param step: the global optimizer step.
+    """
+
+
+@hookspec
+def report_run_end(status: Literal["completed", "stopped", "failed"]) -> None:
+    """The run ended: close it with its status.
+
+    :param status: ``"completed"``, ``"stopped"`` or ``"failed"``.
+    """

@@ -1,0 +1,422 @@
+"""The Trainer: an event-emitting training loop. It knows no feature; plugins decide and act."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from itertools import islice
+from typing import Any, NamedTuple
+
+import torch
+
+from hooktrain.core.args import TrainingArguments
+from hooktrain.core.data import ResumableBatchSampler, default_collate, to_device
+from hooktrain.core.errors import ArgumentError
+from hooktrain.core.losses import LossWindow
+from hooktrain.core.manager import PluginManager, build_manager
+from hooktrain.core.seeding import set_seed
+from hooktrain.core.state import TrainerState, resolve_steps
+from hooktrain.core.types import EvalPrediction, StepOutcome
+
+logger = logging.getLogger("hooktrain")
+
+
+class TrainOutput(NamedTuple):
+    global_step: int
+    training_loss: float
+    metrics: dict[str, float]
+
+
+class Trainer:
+    """Train ``model`` on ``train_dataset`` as configured by ``args``; see DESIGN.md."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: TrainingArguments,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        data_collator: Callable[[list[Any]], Any] | None = None,
+        compute_loss: Callable[..., Any] | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict[str, float]] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        plugins: Iterable[object] = (),
+    ):
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(f"args must be a TrainingArguments, got {type(args).__name__}")
+        self.args = args
+        self.model = model
+        self.model_wrapped: torch.nn.Module = model  # what forward passes use (DDP, compiled …)
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.data_collator = data_collator or default_collate
+        self.compute_loss_func = compute_loss
+        self.compute_metrics = compute_metrics
+        self.optimizer, self.lr_scheduler = optimizers
+        self.state = TrainerState()
+        self.device = torch.device(
+            "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
+        )
+        self.process_index, self.world_size = 0, 1  # set by the distributed plugin
+        set_seed(args.seed, args.full_determinism)
+
+        self.plugin_manager: PluginManager = build_manager(
+            plugins=plugins, blocked=args.disable_plugins
+        )
+        self.registries = self.plugin_manager.fill_registries()
+        hook = self.plugin_manager.hook
+        problems = self._check_inputs()
+        for found in hook.validate_args(trainer=self, args=args):
+            problems.extend(found or [])
+        if problems:
+            raise ArgumentError(problems)
+        hook.configure(trainer=self, args=args)
+        self.plugin_manager.check_pending()
+        self.state.is_world_process_zero = self.process_index == 0
+        if self.model_wrapped is self.model:
+            self.model.to(self.device)
+
+    @property
+    def is_world_process_zero(self) -> bool:
+        return self.process_index == 0
+
+    def _check_inputs(self) -> list[str]:
+        args, problems = self.args, []
+        if not isinstance(self.model, torch.nn.Module):
+            problems.append(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
+        if args.eval_strategy != "no" and self.eval_dataset is None:
+            problems.append(
+                f"eval_strategy={args.eval_strategy!r} needs an eval_dataset; pass one to Trainer "
+                "or set eval_strategy='no'"
+            )
+        ds = self.train_dataset
+        if ds is not None and not hasattr(ds, "__len__") and args.max_steps <= 0:
+            problems.append("a train_dataset without __len__ needs max_steps > 0 (max_steps=-1)")
+        return problems
+
+    # ---- data -------------------------------------------------------------------------
+
+    def _loader(self, dataset: Any, batch_size: int, train: bool) -> torch.utils.data.DataLoader:
+        args = self.args
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        kwargs: dict[str, Any] = dict(
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),  # never draw from the global RNG
+        )
+        if args.dataloader_num_workers > 0:
+            kwargs["persistent_workers"] = args.dataloader_persistent_workers
+            kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
+        if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+            return torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, drop_last=train and args.dataloader_drop_last, **kwargs
+            )
+        sampler = ResumableBatchSampler(
+            len(dataset), batch_size, shuffle=train, seed=seed,
+            drop_last=train and args.dataloader_drop_last,
+            rank=self.process_index, world_size=self.world_size,
+        )
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        if self.train_dataset is None:
+            raise ValueError("Trainer.train() needs a train_dataset")
+        return self._loader(self.train_dataset, self.args.per_device_train_batch_size, train=True)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset")
+        return self._loader(dataset, self.args.per_device_eval_batch_size, train=False)
+
+    # ---- the model contract -------------------------------------------------------------
+
+    def compute_loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        """``(loss, outputs)`` of a batch: ``compute_loss`` if given, else ``model(**batch).loss``."""
+        if self.compute_loss_func is not None:
+            result = self.compute_loss_func(model, batch)
+            return result if isinstance(result, tuple) else (result, None)
+        outputs = model(**batch) if isinstance(batch, dict) else model(batch)
+        if isinstance(outputs, dict):
+            loss = outputs.get("loss")
+        else:
+            loss = getattr(outputs, "loss", None)
+            if loss is None and isinstance(outputs, (tuple, list)):
+                loss = outputs[0]
+        if loss is None:
+            raise ValueError(
+                "the model returned no 'loss': return a dict or object with 'loss' (include 'labels' "
+                "in the batch), or pass compute_loss=... to Trainer"
+            )
+        return loss, outputs
+
+    # ---- training ------------------------------------------------------------------------
+
+    def _arithmetic(self, loader: Any) -> tuple[int, int, int]:
+        """HF's step accounting: (micro-batches per epoch, optimizer steps per epoch, epochs)."""
+        args, ga = self.args, self.args.gradient_accumulation_steps
+        try:
+            len_dl = len(loader)
+        except TypeError:
+            return sys.maxsize, args.max_steps, sys.maxsize
+        steps_per_epoch = max(math.ceil(len_dl / ga), 1)
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+            epochs = math.ceil(max_steps / steps_per_epoch)
+        else:
+            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+            epochs = math.ceil(args.num_train_epochs)
+        self.state.max_steps = max_steps
+        return len_dl, steps_per_epoch, epochs
+
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        args, state, pm = self.args, self.state, self.plugin_manager
+        hook = pm.hook
+        loader = self.get_train_dataloader()
+        len_dl, steps_per_epoch, epochs = self._arithmetic(loader)
+        max_steps = state.max_steps if len_dl != sys.maxsize else args.max_steps
+        if self.optimizer is None:
+            self.optimizer = hook.create_optimizer(trainer=self, model=self.model, args=args)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = hook.create_scheduler(
+                trainer=self, optimizer=self.optimizer, args=args, num_training_steps=max_steps
+            )
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = args.resume_from_checkpoint
+        if resume_from_checkpoint:
+            hook.resume_checkpoint(trainer=self, checkpoint=resume_from_checkpoint)
+        state.max_steps = max_steps
+        state.num_train_epochs = epochs if epochs != sys.maxsize else 0
+        state.num_update_steps_per_epoch = steps_per_epoch
+        state.train_batch_size = args.per_device_train_batch_size
+        state.logging_steps = resolve_steps(args.logging_steps, max_steps)
+        state.eval_steps = resolve_steps(args.eval_steps, max_steps)
+        state.stop_reason = None
+        self._losses = LossWindow(args.logging_nan_inf_filter)
+        self._last_logged = self._last_saved = state.global_step
+        self._call = {n: pm.fast_caller(n) for n in (
+            "on_step_begin", "on_step_end", "training_step", "backward", "optimizer_step")}
+        status, start, start_step = "failed", time.time(), state.global_step
+        try:
+            hook.on_train_begin(trainer=self, args=args, state=state)
+            if args.eval_on_start and state.global_step == 0:
+                self.evaluate()
+            self._epochs(loader, len_dl, steps_per_epoch, epochs, max_steps)
+            self._maybe_save(None, "train_end")
+            status = "stopped" if state.stop_reason else "completed"
+        except KeyboardInterrupt as error:
+            pm.call_each("on_exception", trainer=self, args=args, state=state, error=error)
+            state.stop_reason = "interrupted (KeyboardInterrupt)"
+            logger.warning("training interrupted at step %d; ending the run", state.global_step)
+            status = "stopped"
+        except BaseException as error:
+            pm.call_each("on_exception", trainer=self, args=args, state=state, error=error)
+            pm.call_each("on_train_end", trainer=self, args=args, state=state, status="failed")
+            raise
+        metrics = self._summary(start, state.global_step - start_step)
+        pm.call_each("on_train_end", trainer=self, args=args, state=state, status=status)
+        return TrainOutput(state.global_step, metrics["train_loss"], metrics)
+
+    def _epochs(self, loader: Any, len_dl: int, steps_per_epoch: int, epochs: int, max_steps: int) -> None:
+        args, state, hook = self.args, self.state, self.plugin_manager.hook
+        ga = args.gradient_accumulation_steps
+        first_epoch = state.global_step // steps_per_epoch if len_dl != sys.maxsize else 0
+        skip_steps = state.global_step % steps_per_epoch if len_dl != sys.maxsize else 0
+        sampler = getattr(loader, "batch_sampler", None)
+        for epoch in range(first_epoch, epochs):
+            if isinstance(sampler, ResumableBatchSampler):
+                sampler.set_epoch(epoch)
+                if epoch == first_epoch and not args.ignore_data_skip:
+                    sampler.skip_batches(skip_steps * ga)
+            if epoch != first_epoch or args.ignore_data_skip:
+                skip_steps = 0
+            hook.on_epoch_begin(trainer=self, args=args, state=state)
+            batches = iter(loader)
+            for update in range(skip_steps, steps_per_epoch):
+                window = ga if (update < steps_per_epoch - 1 or len_dl % ga == 0) else len_dl % ga
+                if not self._step(batches, window, epoch, update * ga, len_dl):
+                    break  # the data ran out (iterable dataset)
+                if self._after_step(max_steps):
+                    break
+            hook.on_epoch_end(trainer=self, args=args, state=state)
+            self._after_epoch()
+            if state.stop_reason or state.global_step >= max_steps:
+                break
+
+    def _step(self, batches: Iterator[Any], window: int, epoch: int, seen: int, len_dl: int) -> bool:
+        """One optimizer step over *window* micro-batches; False when there was no data."""
+        args, state, call, model = self.args, self.state, self._call, self.model_wrapped
+        micro = list(islice(batches, window))
+        if not micro:
+            return False
+        n, on_device = len(micro), self.device.type != "cpu"
+        call["on_step_begin"](trainer=self, args=args, state=state)
+        losses = []
+        for i, batch in enumerate(micro):
+            if on_device:
+                batch = to_device(batch, self.device)
+            sync = model.no_sync() if i < n - 1 and hasattr(model, "no_sync") else nullcontext()
+            with sync:
+                loss = call["training_step"](trainer=self, model=model, batch=batch)
+                call["backward"](trainer=self, loss=loss / n if n > 1 else loss)
+            losses.append(loss.detach())
+        gs = state.global_step + 1
+        need_norm = self._is_log_step(gs)
+        outcome: StepOutcome = call["optimizer_step"](
+            trainer=self, model=model, optimizer=self.optimizer, need_grad_norm=need_norm
+        )
+        self._last_lr = self.optimizer.param_groups[0]["lr"]
+        if outcome.skipped:
+            state.skipped_steps += 1
+        elif self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._losses.add(losses[0] if n == 1 else torch.stack(losses).mean())
+        self._grad_norm = outcome.grad_norm
+        state.global_step = gs
+        state.epoch = epoch + (seen + n) / len_dl if len_dl != sys.maxsize else float(epoch)
+        call["on_step_end"](trainer=self, args=args, state=state)
+        return True
+
+    def _is_log_step(self, step: int) -> bool:
+        args = self.args
+        return (step == 1 and args.logging_first_step) or (
+            args.logging_strategy == "steps" and step % self.state.logging_steps == 0
+        )
+
+    def _after_step(self, max_steps: int) -> bool:
+        """The step's log, evaluation, save and stop decision; True to end the epoch."""
+        args, state = self.args, self.state
+        gs, last = state.global_step, state.global_step >= max_steps
+        if self._is_log_step(gs):
+            self._log_training()
+        metrics = None
+        if args.eval_strategy == "steps" and gs >= args.eval_delay and (
+            gs % state.eval_steps == 0 or last
+        ):
+            metrics = self.evaluate()
+        self._maybe_save(metrics, "step")
+        self._maybe_stop(metrics)
+        return last or state.stop_reason is not None
+
+    def _after_epoch(self) -> None:
+        args, state = self.args, self.state
+        if args.logging_strategy == "epoch" and state.global_step > self._last_logged:
+            self._log_training()
+        metrics = None
+        if args.eval_strategy == "epoch" and state.epoch >= args.eval_delay:
+            metrics = self.evaluate()
+        self._maybe_save(metrics, "epoch")
+        if metrics is not None:
+            self._maybe_stop(metrics)
+
+    def _maybe_save(self, metrics: dict[str, float] | None, trigger: str) -> None:
+        state = self.state
+        wanted = self.plugin_manager.hook.should_save(
+            trainer=self, args=self.args, state=state, metrics=metrics, trigger=trigger
+        )
+        if wanted and self._last_saved != state.global_step:
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> Any:
+        """Write a checkpoint of the current step now (through ``save_checkpoint``) and fire ``on_save``."""
+        hook = self.plugin_manager.hook
+        path = hook.save_checkpoint(trainer=self, state=self.state)
+        if path is None:
+            raise RuntimeError("no plugin implements save_checkpoint (is 'checkpoint' disabled?)")
+        self._last_saved = self.state.global_step
+        hook.on_save(trainer=self, args=self.args, state=self.state, checkpoint_dir=path)
+        return path
+
+    def _maybe_stop(self, metrics: dict[str, float] | None) -> None:
+        state = self.state
+        reason = self.plugin_manager.hook.should_stop(
+            trainer=self, args=self.args, state=state, metrics=metrics
+        )
+        if reason and not state.stop_reason:
+            state.stop_reason = str(reason)
+            logger.info("stopping at step %d: %s", state.global_step, reason)
+            self.log({"stop_reason": state.stop_reason})
+
+    # ---- logging -------------------------------------------------------------------------
+
+    def _log_training(self) -> None:
+        state = self.state
+        loss, steps, nonfinite = self._losses.close()
+        if steps == 0:
+            return
+        logs: dict[str, Any] = {"loss": loss}
+        if self._grad_norm is not None:
+            logs["grad_norm"] = float(self._grad_norm)
+        logs["learning_rate"] = self._last_lr
+        if nonfinite:
+            state.nonfinite_steps += nonfinite
+            logs["nonfinite_steps"] = nonfinite
+        for extra in self.plugin_manager.hook.extra_logs(trainer=self, state=state):
+            logs.update(extra or {})
+        self._last_logged = state.global_step
+        self.log(logs)
+
+    def log(self, logs: dict[str, Any]) -> None:
+        """Add ``epoch``, append to ``state.log_history`` and fire ``on_log`` (a fresh dict per plugin)."""
+        state = self.state
+        logs = {**logs, "epoch": round(state.epoch, 4)}
+        state.log_history.append({**logs, "step": state.global_step})
+        self.plugin_manager.call_with_copy("on_log", "logs", trainer=self, args=self.args, state=state, logs=logs)
+
+    def _summary(self, start: float, steps: int) -> dict[str, float]:
+        runtime = time.time() - start
+        samples = steps * self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        metrics = {
+            "train_runtime": round(runtime, 4),
+            "train_samples_per_second": round(samples * self.world_size / runtime, 3) if runtime else 0.0,
+            "train_steps_per_second": round(steps / runtime, 3) if runtime else 0.0,
+            "train_loss": self._losses.mean_over_run(),
+        }
+        self.log(metrics)
+        return metrics
+
+    # ---- evaluation ----------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Evaluate and return ``{prefix}_loss`` plus ``compute_metrics`` results, prefixed."""
+        loader = self.get_eval_dataloader(eval_dataset)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        start = time.time()
+        with torch.no_grad():
+            out = self.plugin_manager.hook.evaluation_loop(trainer=self, model=model, dataloader=loader)
+        model.train(was_training)
+        metrics: dict[str, float] = {}
+        if out.loss is not None:
+            metrics["loss"] = out.loss
+        if self.compute_metrics is not None and out.predictions is not None:
+            metrics.update(self.compute_metrics(EvalPrediction(out.predictions, out.label_ids)))
+        runtime = time.time() - start
+        metrics.update(
+            runtime=round(runtime, 4),
+            samples_per_second=round(out.num_samples / runtime, 3) if runtime else 0.0,
+            steps_per_second=round(len(loader) / runtime, 3) if runtime else 0.0,
+        )
+        metrics = {
+            (k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}"): float(v)
+            for k, v in metrics.items()
+        }
+        self.log(metrics)
+        self.plugin_manager.call_with_copy(
+            "on_evaluate", "metrics", trainer=self, args=self.args, state=self.state, metrics=metrics
+        )
+        return metrics
+
+    # ---- saving ---------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Write the weights (and ``training_args.json``) into *output_dir* (default ``args.output_dir``)."""
+        if self.is_world_process_zero:
+            self.plugin_manager.hook.save_model(trainer=self, output_dir=output_dir or self.args.output_dir)

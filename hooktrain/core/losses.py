@@ -1,0 +1,44 @@
+"""Training-loss bookkeeping that never synchronises the device on a step that is not logged."""
+
+from __future__ import annotations
+
+import torch
+
+
+class LossWindow:
+    """Per-step losses of the current logging window, kept on the device until a log is due."""
+
+    def __init__(self, filter_nonfinite: bool):
+        self.filter_nonfinite = filter_nonfinite
+        self._pending: list[torch.Tensor] = []
+        self.total_loss = 0.0  # sum of the per-step losses of every closed window (this train() call)
+        self.total_steps = 0
+        self.total_nonfinite = 0
+
+    def add(self, step_loss: torch.Tensor) -> None:
+        self._pending.append(step_loss)
+        if len(self._pending) >= 4096:  # logging off or rare: fold to bound memory
+            self._pending = [torch.stack(self._pending).float().reshape(-1)]
+
+    def close(self) -> tuple[float | None, int, int]:
+        """Return ``(mean loss, steps, non-finite steps)`` of the window and start a new one."""
+        if not self._pending:
+            return None, 0, 0
+        losses = torch.cat([t.float().reshape(-1) for t in self._pending]).cpu()
+        self._pending = []
+        finite = torch.isfinite(losses)
+        steps = losses.numel()
+        nonfinite = int(steps - int(finite.sum()))
+        kept = losses[finite] if self.filter_nonfinite else losses
+        mean = float(kept.mean()) if kept.numel() else float("nan")
+        if kept.numel():
+            self.total_loss += float(kept.sum()) * (steps / kept.numel())
+        else:
+            self.total_loss = float("nan")
+        self.total_steps += steps
+        self.total_nonfinite += nonfinite
+        return mean, steps, nonfinite
+
+    def mean_over_run(self) -> float:
+        self.close()
+        return self.total_loss / self.total_steps if self.total_steps else 0.0

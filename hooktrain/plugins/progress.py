@@ -1,0 +1,62 @@
+"""Progress bar and console log lines (main process only). Reads: disable_tqdm."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hooktrain.core.markers import hookimpl
+
+
+def format_logs(step: int, max_steps: int, logs: dict[str, Any]) -> str:
+    """One concise console line for a log event."""
+    parts = [f"step {step}/{max_steps}"]
+    for key, value in logs.items():
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        else:
+            parts.append(f"{key} {value}")
+    return " | ".join(parts)
+
+
+class Progress:
+    """A tqdm bar over optimizer steps (unless ``disable_tqdm``) and a line per log event."""
+
+    def __init__(self, disable_bar: bool):
+        self.disable_bar = disable_bar
+        self.bar: Any = None
+
+    @hookimpl
+    def on_train_begin(self, state):
+        if not self.disable_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", dynamic_ncols=True)
+
+    @hookimpl
+    def on_step_end(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    @hookimpl
+    def on_log(self, state, logs):
+        line = format_logs(state.global_step, state.max_steps, logs)
+        if self.bar is not None:
+            postfix = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate") if isinstance(logs.get(k), float)}
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    @hookimpl
+    def on_train_end(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@hookimpl
+def configure(trainer, args):
+    if trainer.is_world_process_zero:
+        trainer.plugin_manager.register(Progress(args.disable_tqdm), name="progress.bar")

@@ -1,0 +1,107 @@
+"""The default training step, backward, optimizer step (with ``max_grad_norm`` clipping) and evaluation loop.
+
+Every hook here is ``trylast``: a plugin that implements the same hook replaces it.
+Reads: max_grad_norm, label_names, prediction_loss_only, logging_nan_inf_filter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from hooktrain.core.data import to_device
+from hooktrain.core.markers import hookimpl
+from hooktrain.core.types import EvalOutput, StepOutcome
+
+
+@hookimpl(trylast=True)
+def training_step(trainer, model, batch):
+    loss, _ = trainer.compute_loss(model, batch)
+    return loss
+
+
+@hookimpl(trylast=True)
+def backward(loss):
+    loss.backward()
+    return True
+
+
+def clip_or_measure(model: torch.nn.Module, max_norm: float, need_grad_norm: bool) -> Any:
+    """Clip gradients to *max_norm* (when > 0) and return the pre-clip norm, or measure it only."""
+    if max_norm and max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if need_grad_norm:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+    return None
+
+
+@hookimpl(trylast=True)
+def optimizer_step(trainer, model, optimizer, need_grad_norm):
+    norm = clip_or_measure(model, trainer.args.max_grad_norm, need_grad_norm)
+    optimizer.step()
+    return StepOutcome(norm, False)
+
+
+def _logits(outputs: Any) -> Any:
+    if outputs is None or isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict):
+        return outputs.get("logits")
+    logits = getattr(outputs, "logits", None)
+    if logits is None and isinstance(outputs, (tuple, list)) and len(outputs) > 1:
+        logits = outputs[1]
+    return logits
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, dict):
+        values = list(batch.values())
+    else:
+        values = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    return 1
+
+
+def _concat(chunks: list[torch.Tensor]) -> Any:
+    if not chunks:
+        return None
+    return torch.cat(chunks).numpy()
+
+
+@hookimpl(trylast=True)
+def evaluation_loop(trainer, model, dataloader):
+    args = trainer.args
+    label_names = args.label_names or ["labels"]
+    want_predictions = trainer.compute_metrics is not None and not args.prediction_loss_only
+    loss_sum, loss_count, samples = 0.0, 0, 0
+    predictions: list[torch.Tensor] = []
+    labels: dict[str, list[torch.Tensor]] = {name: [] for name in label_names}
+    for batch in dataloader:
+        batch = to_device(batch, trainer.device)
+        loss, outputs = trainer.compute_loss(model, batch)
+        size = _batch_size(batch)
+        samples += size
+        if loss is not None:
+            value = float(loss)
+            if math.isfinite(value) or not args.logging_nan_inf_filter:
+                loss_sum += value * size
+                loss_count += size
+        if want_predictions:
+            logits = _logits(outputs)
+            if logits is not None:
+                predictions.append(logits.detach().float().cpu())
+            for name in label_names:
+                if isinstance(batch, dict) and name in batch:
+                    labels[name].append(batch[name].detach().cpu())
+    label_arrays = [_concat(v) for v in labels.values() if v]
+    label_ids = label_arrays[0] if len(label_arrays) == 1 else (tuple(label_arrays) or None)
+    return EvalOutput(
+        loss=loss_sum / loss_count if loss_count else None,
+        predictions=_concat(predictions),
+        label_ids=label_ids,
+        num_samples=samples,
+    )
