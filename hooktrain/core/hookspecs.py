@@ -56,6 +56,7 @@ __all__ = [
     "backward",
     "optimizer_step",
     "evaluation_loop",
+    "reduce_mean",
     "save_checkpoint",
     "save_model",
     "resume_checkpoint",
@@ -418,6 +419,19 @@ def evaluation_loop(
 
 
 @hookspec(firstresult=True)
+def reduce_mean(trainer: Trainer, value: torch.Tensor) -> torch.Tensor | None:
+    """Average *value* over the processes of the run. Stops at first non-None result.
+
+    The loop calls it on every process at the same points (when it closes a training-loss
+    logging window, and for the run's ``train_loss``), so the logged loss is the mean over all
+    processes. A multi-process plugin answers; with none, nobody does and the local value is kept.
+
+    :param trainer: the Trainer.
+    :param value: this process's value, a float64 tensor on the CPU.
+    """
+
+
+@hookspec(firstresult=True)
 def save_checkpoint(trainer: Trainer, state: TrainerState) -> Path | None:
     """Write a checkpoint of the current step and return its directory. Stops at first non-None result.
 
@@ -436,13 +450,15 @@ def save_model(trainer: Trainer, output_dir: str) -> Path | None:
 
 
 @hookspec(firstresult=True)
-def resume_checkpoint(trainer: Trainer, checkpoint: str | bool) -> Path | None:
+def resume_checkpoint(trainer: Trainer, checkpoint: str | bool | None) -> Path | None:
     """Restore the run from a checkpoint; return the directory used. Stops at first non-None result.
 
-    Called by ``train(resume_from_checkpoint=...)`` before ``on_train_begin``.
+    Called by ``train(resume_from_checkpoint=...)`` before ``on_train_begin``, unless that
+    argument is ``False``.
 
     :param trainer: the Trainer.
-    :param checkpoint: ``True`` (the newest valid checkpoint) or a checkpoint path.
+    :param checkpoint: ``True`` (the newest valid checkpoint), a checkpoint path, or ``None``
+        (the arguments decide: ``args.resume_from_checkpoint``).
     """
 
 

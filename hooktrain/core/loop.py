@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -62,7 +63,11 @@ class Trainer:
             "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
         )
         self.process_index, self.world_size = 0, 1  # set by the distributed plugin
+        self.local_process_index = 0  # this process's rank on its machine
+        self._barrier: Callable[[], None] = lambda: None  # set by the distributed plugin
         set_seed(args.seed, args.full_determinism)
+        if args.log_level != "passive":
+            logger.setLevel(args.log_level.upper())
 
         self.plugin_manager: PluginManager = build_manager(
             plugins=plugins, blocked=args.disable_plugins
@@ -83,6 +88,10 @@ class Trainer:
     @property
     def is_world_process_zero(self) -> bool:
         return self.process_index == 0
+
+    def barrier(self) -> None:
+        """Wait until every process reaches this point (a no-op in a single process)."""
+        self._barrier()
 
     def _check_inputs(self) -> list[str]:
         args, problems = self.args, []
@@ -119,7 +128,7 @@ class Trainer:
         sampler = ResumableBatchSampler(
             len(dataset), batch_size, shuffle=train, seed=seed,
             drop_last=train and args.dataloader_drop_last,
-            rank=self.process_index, world_size=self.world_size,
+            rank=self.process_index, world_size=self.world_size, pad=train,
         )
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
 
@@ -186,9 +195,7 @@ class Trainer:
             self.lr_scheduler = hook.create_scheduler(
                 trainer=self, optimizer=self.optimizer, args=args, num_training_steps=max_steps
             )
-        if resume_from_checkpoint is None:
-            resume_from_checkpoint = args.resume_from_checkpoint
-        if resume_from_checkpoint:
+        if resume_from_checkpoint is not False:  # None: the checkpoint plugin may resume from args
             hook.resume_checkpoint(trainer=self, checkpoint=resume_from_checkpoint)
         state.max_steps = max_steps
         state.num_train_epochs = epochs if epochs != sys.maxsize else 0
@@ -200,7 +207,9 @@ class Trainer:
         self._losses = LossWindow(args.logging_nan_inf_filter)
         self._last_logged = self._last_saved = state.global_step
         self._call = {n: pm.fast_caller(n) for n in (
-            "on_step_begin", "on_step_end", "training_step", "backward", "optimizer_step")}
+            "on_step_begin", "on_step_end", "training_step", "backward", "optimizer_step",
+            "should_save", "should_stop")}
+        self._no_sync = getattr(self.model_wrapped, "no_sync", None)
         status, start, start_step = "failed", time.time(), state.global_step
         try:
             hook.on_train_begin(trainer=self, args=args, state=state)
@@ -260,15 +269,15 @@ class Trainer:
         for i, batch in enumerate(micro):
             if on_device:
                 batch = to_device(batch, self.device)
-            sync = model.no_sync() if i < n - 1 and hasattr(model, "no_sync") else nullcontext()
-            with sync:
+            # gradients are all-reduced (DDP) only on the last micro-batch of the window
+            with self._no_sync() if i < n - 1 and self._no_sync else nullcontext():
                 loss = call["training_step"](trainer=self, model=model, batch=batch)
                 call["backward"](trainer=self, loss=loss / n if n > 1 else loss)
             losses.append(loss.detach())
         gs = state.global_step + 1
-        need_norm = self._is_log_step(gs)
+        self._log_due = self._is_log_step(gs)
         outcome: StepOutcome = call["optimizer_step"](
-            trainer=self, model=model, optimizer=self.optimizer, need_grad_norm=need_norm
+            trainer=self, model=model, optimizer=self.optimizer, need_grad_norm=self._log_due
         )
         self._last_lr = self.optimizer.param_groups[0]["lr"]
         if outcome.skipped:
@@ -293,7 +302,7 @@ class Trainer:
         """The step's log, evaluation, save and stop decision; True to end the epoch."""
         args, state = self.args, self.state
         gs, last = state.global_step, state.global_step >= max_steps
-        if self._is_log_step(gs):
+        if self._log_due:
             self._log_training()
         metrics = None
         if args.eval_strategy == "steps" and gs >= args.eval_delay and (
@@ -317,7 +326,7 @@ class Trainer:
 
     def _maybe_save(self, metrics: dict[str, float] | None, trigger: str) -> None:
         state = self.state
-        wanted = self.plugin_manager.hook.should_save(
+        wanted = self._call["should_save"](
             trainer=self, args=self.args, state=state, metrics=metrics, trigger=trigger
         )
         if wanted and self._last_saved != state.global_step:
@@ -335,7 +344,7 @@ class Trainer:
 
     def _maybe_stop(self, metrics: dict[str, float] | None) -> None:
         state = self.state
-        reason = self.plugin_manager.hook.should_stop(
+        reason = self._call["should_stop"](
             trainer=self, args=self.args, state=state, metrics=metrics
         )
         if reason and not state.stop_reason:
@@ -350,7 +359,7 @@ class Trainer:
         loss, steps, nonfinite = self._losses.close()
         if steps == 0:
             return
-        logs: dict[str, Any] = {"loss": loss}
+        logs: dict[str, Any] = {"loss": self.mean_over_processes(loss)}
         if self._grad_norm is not None:
             logs["grad_norm"] = float(self._grad_norm)
         logs["learning_rate"] = self._last_lr
@@ -361,6 +370,11 @@ class Trainer:
             logs.update(extra or {})
         self._last_logged = state.global_step
         self.log(logs)
+
+    def mean_over_processes(self, value: float) -> float:
+        """*value* averaged over the processes of the run (``reduce_mean``); every process must call it."""
+        out = self.plugin_manager.hook.reduce_mean(trainer=self, value=torch.tensor(value, dtype=torch.float64))
+        return value if out is None else float(out)
 
     def log(self, logs: dict[str, Any]) -> None:
         """Add ``epoch``, append to ``state.log_history`` and fire ``on_log`` (a fresh dict per plugin)."""
@@ -376,7 +390,7 @@ class Trainer:
             "train_runtime": round(runtime, 4),
             "train_samples_per_second": round(samples * self.world_size / runtime, 3) if runtime else 0.0,
             "train_steps_per_second": round(steps / runtime, 3) if runtime else 0.0,
-            "train_loss": self._losses.mean_over_run(),
+            "train_loss": self.mean_over_processes(self._losses.mean_over_run()),
         }
         self.log(metrics)
         return metrics
@@ -415,6 +429,12 @@ class Trainer:
         return metrics
 
     # ---- saving ---------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        """Write ``trainer_state.json`` (with the final summary) into ``args.output_dir``."""
+        if self.is_world_process_zero:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Write the weights (and ``training_args.json``) into *output_dir* (default ``args.output_dir``)."""

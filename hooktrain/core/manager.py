@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import operator
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,12 +37,14 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("save_policies", "hooktrain.plugins.save_policies"),
     ("best_model", "hooktrain.plugins.best_model"),
     ("early_stopping", "hooktrain.plugins.early_stopping"),
-    ("distributed", "hooktrain.plugins.distributed"),
     ("reporting", "hooktrain.plugins.reporting"),
     ("reporters.tensorboard", "hooktrain.plugins.reporters.tensorboard"),
     ("reporters.wandb", "hooktrain.plugins.reporters.wandb"),
     ("reporters.mlflow", "hooktrain.plugins.reporters.mlflow"),
     ("reporters.comet", "hooktrain.plugins.reporters.comet"),
+    # last, so that (pluggy calls the newest registration first) its configure runs first
+    # and every other plugin sees the process rank, device and wrapped model it sets up.
+    ("distributed", "hooktrain.plugins.distributed"),
 )
 
 
@@ -205,8 +208,12 @@ class PluginManager(pluggy.PluginManager):
             return _noop
         if len(impls) == 1 and not (impls[0].wrapper or impls[0].hookwrapper) and not self._is_traced():
             function = impls[0].function
-            names = impls[0].argnames
-            return lambda **kw: function(*[kw[n] for n in names])
+            pick = operator.itemgetter(*impls[0].argnames) if impls[0].argnames else None
+            if pick is None:
+                return lambda **kw: function()
+            if len(impls[0].argnames) == 1:
+                return lambda **kw: function(pick(kw))
+            return lambda **kw: function(*pick(kw))
         return caller
 
     def _is_traced(self) -> bool:

@@ -39,6 +39,9 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def factory(self, name: str) -> Factory:
+        return self._entries[name][0]
+
     def provider(self, name: str) -> str:
         return self._entries[name][1]
 

@@ -42,8 +42,11 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay = decay_parameter_names(model)
+    """Trainable parameters split into a decay and a no-decay group (one group when no decay)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not weight_decay:  # one group: the same update, and one optimizer pass per step instead of two
+        return [{"params": [p for _, p in named], "weight_decay": 0.0}]
+    decay = decay_parameter_names(model)
     groups = [
         {"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
         {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},

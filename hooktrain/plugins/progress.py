@@ -19,35 +19,40 @@ def format_logs(step: int, max_steps: int, logs: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-class Progress:
-    """A tqdm bar over optimizer steps (unless ``disable_tqdm``) and a line per log event."""
+class ConsoleLog:
+    """A line per log event on stderr (through the bar, when there is one)."""
 
-    def __init__(self, disable_bar: bool):
-        self.disable_bar = disable_bar
-        self.bar: Any = None
-
-    @hookimpl
-    def on_train_begin(self, state):
-        if not self.disable_bar:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", dynamic_ncols=True)
-
-    @hookimpl
-    def on_step_end(self):
-        if self.bar is not None:
-            self.bar.update(1)
+    def __init__(self, bar: ProgressBar | None):
+        self.bar = bar
 
     @hookimpl
     def on_log(self, state, logs):
         line = format_logs(state.global_step, state.max_steps, logs)
-        if self.bar is not None:
+        bar = self.bar.bar if self.bar is not None else None
+        if bar is not None:
             postfix = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate") if isinstance(logs.get(k), float)}
             if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-            self.bar.write(line, file=sys.stderr)
+                bar.set_postfix(postfix, refresh=False)
+            bar.write(line, file=sys.stderr)
         else:
             print(line, file=sys.stderr, flush=True)
+
+
+class ProgressBar:
+    """A tqdm bar over optimizer steps: step count, loss, LR, ETA."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    @hookimpl
+    def on_train_begin(self, state):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", dynamic_ncols=True)
+
+    @hookimpl
+    def on_step_end(self):
+        self.bar.update(1)
 
     @hookimpl
     def on_train_end(self):
@@ -58,5 +63,10 @@ class Progress:
 
 @hookimpl
 def configure(trainer, args):
-    if trainer.is_world_process_zero:
-        trainer.plugin_manager.register(Progress(args.disable_tqdm), name="progress.bar")
+    if not trainer.is_world_process_zero:
+        return
+    bar = None
+    if not args.disable_tqdm:
+        bar = ProgressBar()
+        trainer.plugin_manager.register(bar, name="progress.bar")
+    trainer.plugin_manager.register(ConsoleLog(bar), name="progress.console")

@@ -1,7 +1,8 @@
 """The default training step, backward, optimizer step (with ``max_grad_norm`` clipping) and evaluation loop.
 
 Every hook here is ``trylast``: a plugin that implements the same hook replaces it.
-Reads: max_grad_norm, label_names, prediction_loss_only, logging_nan_inf_filter.
+Reads: max_grad_norm, label_smoothing_factor, include_num_input_tokens_seen,
+torch_empty_cache_steps, label_names, prediction_loss_only, logging_nan_inf_filter.
 """
 
 from __future__ import annotations
@@ -20,6 +21,72 @@ from hooktrain.core.types import EvalOutput, StepOutcome
 def training_step(trainer, model, batch):
     loss, _ = trainer.compute_loss(model, batch)
     return loss
+
+
+class LabelSmoothing:
+    """Replaces the model's loss by a label-smoothed cross-entropy of its logits (HF's LabelSmoother)."""
+
+    def __init__(self, epsilon: float, label_name: str):
+        self.epsilon = epsilon
+        self.label_name = label_name
+
+    @hookimpl
+    def training_step(self, trainer, model, batch):
+        labels = batch.get(self.label_name) if isinstance(batch, dict) else None
+        if labels is None:
+            return None
+        _, outputs = trainer.compute_loss(model, batch)
+        logits = _logits(outputs)
+        if logits is None:
+            return None
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+            ignore_index=-100, label_smoothing=self.epsilon,
+        )
+
+
+class TokenCounter:
+    """``include_num_input_tokens_seen``: counts the elements of ``input_ids`` (or the first tensor)."""
+
+    def __init__(self, key: str = "input_ids"):
+        self.key = key
+
+    @hookimpl(tryfirst=True)
+    def training_step(self, trainer, batch):
+        values = batch if isinstance(batch, dict) else {}
+        tensor = values.get(self.key)
+        if tensor is None:
+            tensor = next((v for v in values.values() if isinstance(v, torch.Tensor)), None)
+        if tensor is not None:
+            trainer.state.num_input_tokens_seen += int(tensor.numel()) * trainer.world_size
+
+    @hookimpl
+    def extra_logs(self, state):
+        return {"num_input_tokens_seen": state.num_input_tokens_seen}
+
+
+class CacheEmptier:
+    """``torch_empty_cache_steps``: release the accelerator's cached memory every N steps."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    @hookimpl
+    def on_step_end(self, trainer, state):
+        if state.global_step % self.every == 0 and trainer.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+@hookimpl
+def configure(trainer, args):
+    pm = trainer.plugin_manager
+    if args.label_smoothing_factor > 0:
+        pm.register(LabelSmoothing(args.label_smoothing_factor, (args.label_names or ["labels"])[0]),
+                    name="training.label_smoothing")
+    if args.include_num_input_tokens_seen:
+        pm.register(TokenCounter(), name="training.token_counter")
+    if args.torch_empty_cache_steps:
+        pm.register(CacheEmptier(args.torch_empty_cache_steps), name="training.empty_cache")
 
 
 @hookimpl(trylast=True)

@@ -1,0 +1,126 @@
+"""Per-step overhead of hooktrain's loop against a hand-written PyTorch loop (same run, paired).
+
+Workload (perf.md W1): MLP 64→256→256→10, 8192 synthetic samples, batch 32, 256 optimizer steps,
+AdamW(lr 1e-3) + linear schedule with ceil(10%) warm-up, no clipping, one thread, fp32, CPU.
+hooktrain: save_strategy="no", report_to="none", disable_tqdm=True, max_grad_norm=0.
+Both loops shuffle with their own seeded generator and stack dict items per key.
+Per-step time = median gap between consecutive optimizer-step ends (steps 21…N), so data
+loading, the step, the scheduler and every hook are included. Repetitions alternate
+hooktrain / raw; the reported figure is the median of the paired ratios.
+
+    python benchmarks/bench_loop.py [--pairs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+
+import torch
+
+STEPS, BATCH, N = 256, 32, 8192
+
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self):
+        g = torch.Generator().manual_seed(1234)
+        self.x = torch.randn(N, 64, generator=g)
+        self.y = torch.randint(0, 10, (N,), generator=g)
+
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
+            torch.nn.Linear(256, 10),
+        )
+
+    def forward(self, x, labels):
+        return {"loss": torch.nn.functional.cross_entropy(self.net(x), labels)}
+
+
+def collate(items):
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def raw_loop(data) -> list[float]:
+    torch.manual_seed(1234)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    warm = math.ceil(0.1 * STEPS)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: t / max(1, warm) if t < warm else max(0.0, (STEPS - t) / max(1, STEPS - warm))
+    )
+    sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler, collate_fn=collate)
+    stamps = []
+    model.train()
+    for batch in loader:
+        loss = model(**batch)["loss"]
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+def hooktrain_loop(data) -> list[float]:
+    from hooktrain import Trainer, TrainingArguments, hookimpl
+
+    stamps: list[float] = []
+
+    class Stamp:
+        @hookimpl
+        def on_step_end(self):
+            stamps.append(time.perf_counter())
+
+    torch.manual_seed(1234)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=1e-3,
+            optim="adamw_torch", lr_scheduler_type="linear", warmup_ratio=0.1, max_grad_norm=0.0,
+            save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=50, seed=1234,
+        )
+        Trainer(MLP(), args, train_dataset=data, plugins=[Stamp()]).train()
+    return stamps
+
+
+def per_step(stamps: list[float]) -> float:
+    gaps = [b - a for a, b in zip(stamps[20:], stamps[21:])]
+    return statistics.median(gaps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=7)
+    opts = parser.parse_args()
+    torch.set_num_threads(1)
+    data = Data()
+    raw_loop(data)  # warm-up: lazy imports, allocator
+    hooktrain_loop(data)
+    ratios, h_ms, r_ms = [], [], []
+    for _ in range(opts.pairs):
+        h = per_step(hooktrain_loop(data))
+        r = per_step(raw_loop(data))
+        ratios.append(h / r)
+        h_ms.append(h * 1e3)
+        r_ms.append(r * 1e3)
+    print("| | median | min | max |\n|---|---|---|---|")
+    print(f"| raw loop ms/step | {statistics.median(r_ms):.3f} | {min(r_ms):.3f} | {max(r_ms):.3f} |")
+    print(f"| hooktrain ms/step | {statistics.median(h_ms):.3f} | {min(h_ms):.3f} | {max(h_ms):.3f} |")
+    print(f"| paired ratio | **{statistics.median(ratios):.3f}** | {min(ratios):.3f} | {max(ratios):.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,516 @@
+"""The loop: hook order, HF step arithmetic, logged values, schedules, reproducibility, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hooktrain import ArgumentError, Trainer, TrainingArguments, hookimpl
+from hooktrain.core.errors import PluginLoadError
+from hooktrain.plugins.schedulers import lr_lambda
+
+EVENTS = (
+    "on_train_begin", "on_epoch_begin", "on_step_begin", "on_step_end", "on_log",
+    "on_evaluate", "on_save", "on_epoch_end", "on_train_end",
+)
+
+
+class Items(torch.utils.data.Dataset):
+    """``n`` items of a learnable 4-class problem, with the item index for order checks."""
+
+    def __init__(self, n: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = (self.x[:, :4]).argmax(1)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i], "index": i}
+
+
+class Net(torch.nn.Module):
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(32, 4)
+        )
+
+    def forward(self, x, labels=None, index=None):
+        logits = self.body(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+class Recorder:
+    """Records every event (and each micro-batch) in order."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.micro: list[int] = []
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.windows: list[int] = []  # micro-batches per optimizer step
+
+    @hookimpl
+    def on_train_begin(self, state):
+        self.calls.append(("on_train_begin", state.global_step))
+
+    @hookimpl
+    def on_epoch_begin(self, state):
+        self.calls.append(("on_epoch_begin", state.global_step))
+
+    @hookimpl
+    def on_step_begin(self, trainer, state):
+        self.calls.append(("on_step_begin", state.global_step))
+        self.windows.append(0)
+        self.lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    @hookimpl
+    def on_step_end(self, state):
+        self.calls.append(("on_step_end", state.global_step))
+
+    @hookimpl
+    def on_log(self, state, logs):
+        self.calls.append(("on_log", state.global_step, tuple(sorted(logs))))
+
+    @hookimpl
+    def on_evaluate(self, state, metrics):
+        self.calls.append(("on_evaluate", state.global_step))
+
+    @hookimpl
+    def on_save(self, state, checkpoint_dir):
+        self.calls.append(("on_save", state.global_step))
+
+    @hookimpl
+    def on_epoch_end(self, state):
+        self.calls.append(("on_epoch_end", state.global_step))
+
+    @hookimpl
+    def on_train_end(self, state, status):
+        self.calls.append(("on_train_end", state.global_step, status))
+
+    @hookimpl(wrapper=True)
+    def training_step(self, batch):
+        self.micro.append(len(batch["x"]))
+        self.windows[-1] += 1
+        loss = yield
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def names(self):
+        return [c[0] for c in self.calls]
+
+
+def make(tmp_path, n=10, plugins=(), eval_ds=None, model=None, **kw):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, report_to="none",
+        save_strategy="no", disable_tqdm=True, learning_rate=1e-2, logging_steps=500,
+    )
+    args = TrainingArguments(**{**defaults, **kw})
+    return Trainer(model or Net(), args, train_dataset=Items(n), eval_dataset=eval_ds, plugins=list(plugins))
+
+
+# ---- hook order ----------------------------------------------------------------------------
+
+
+def test_event_order_plain_run(tmp_path):
+    rec = Recorder()
+    make(tmp_path, n=3, plugins=[rec], num_train_epochs=1).train()
+    assert rec.names() == [
+        "on_train_begin", "on_epoch_begin",
+        "on_step_begin", "on_step_end", "on_step_begin", "on_step_end", "on_step_begin", "on_step_end",
+        "on_epoch_end", "on_log", "on_train_end",
+    ]
+    assert rec.calls[-1] == ("on_train_end", 3, "completed")
+    assert rec.micro == [1, 1, 1]
+
+
+def test_event_order_with_accumulation_eval_and_logging(tmp_path):
+    """HF's exp1: 10 batches, GA 3 → 4 steps/epoch (last window partial), 1.5 epochs → 6 steps."""
+    rec = Recorder()
+    trainer = make(
+        tmp_path, n=10, plugins=[rec], gradient_accumulation_steps=3, num_train_epochs=1.5,
+        logging_steps=2, eval_strategy="steps", eval_steps=3, eval_ds=Items(4),
+    )
+    trainer.train()
+    assert trainer.state.max_steps == 6
+    assert rec.windows == [3, 3, 3, 1, 3, 3]  # the last window of epoch 1 holds the one remaining batch
+    steps = [c for c in rec.calls if c[0] in ("on_log", "on_evaluate")]
+    assert [(c[0], c[1]) for c in steps] == [
+        ("on_log", 2), ("on_log", 3), ("on_evaluate", 3), ("on_log", 4),
+        ("on_log", 6), ("on_log", 6), ("on_evaluate", 6), ("on_log", 6),
+    ]
+    epochs = [e["epoch"] for e in trainer.state.log_history if "loss" in e]
+    assert epochs == [0.6, 1.0, 1.6]  # HF: epoch counted in micro-batches
+    assert rec.names().count("on_epoch_begin") == 2 and rec.names().count("on_epoch_end") == 2
+
+
+def test_should_stop_ends_the_run_early(tmp_path):
+    class StopAt3:
+        @hookimpl
+        def should_stop(self, state):
+            return "enough" if state.global_step == 3 else None
+
+    rec = Recorder()
+    trainer = make(tmp_path, n=10, plugins=[rec, StopAt3()], num_train_epochs=2)
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert trainer.state.stop_reason == "enough"
+    assert rec.calls[-1] == ("on_train_end", 3, "stopped")
+    assert {"stop_reason": "enough", "epoch": 0.3, "step": 3} in trainer.state.log_history
+
+
+def test_exception_fires_on_exception_then_failed_train_end_and_reraises(tmp_path):
+    seen = []
+
+    class Boom:
+        @hookimpl
+        def on_step_end(self, state):
+            if state.global_step == 2:
+                raise RuntimeError("boom")
+
+        @hookimpl
+        def on_exception(self, error):
+            seen.append(("exception", str(error)))
+
+        @hookimpl
+        def on_train_end(self, status):
+            seen.append(("end", status))
+
+    with pytest.raises(RuntimeError, match="boom"):
+        make(tmp_path, plugins=[Boom()]).train()
+    assert seen == [("exception", "boom"), ("end", "failed")]
+
+
+def test_keyboard_interrupt_ends_the_run_cleanly(tmp_path):
+    ends = []
+
+    class CtrlC:
+        @hookimpl
+        def on_step_end(self, state):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+        @hookimpl
+        def on_train_end(self, status):
+            ends.append(status)
+
+    trainer = make(tmp_path, plugins=[CtrlC()])
+    result = trainer.train()
+    assert ends == ["stopped"] and result.global_step == 2
+    assert "interrupted" in trainer.state.stop_reason
+
+
+def test_on_log_gets_a_fresh_dict_per_plugin(tmp_path):
+    seen = []
+
+    class Mutator:
+        @hookimpl
+        def on_log(self, logs):
+            logs["polluted"] = 1.0
+
+    class Reader:
+        @hookimpl
+        def on_log(self, logs):
+            seen.append(dict(logs))
+
+    trainer = make(tmp_path, n=4, plugins=[Reader(), Mutator()], logging_steps=2)
+    trainer.train()
+    assert seen and all("polluted" not in logs for logs in seen)
+    assert all("polluted" not in e for e in trainer.state.log_history)
+
+
+# ---- step arithmetic ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, bs, ga, epochs, max_steps, drop_last, expected_steps, expected_windows",
+    [
+        (10, 1, 3, 1.5, -1, False, 6, [3, 3, 3, 1, 3, 3]),
+        (10, 2, 1, 1.0, -1, False, 5, [1] * 5),
+        (11, 2, 1, 1.0, -1, False, 6, [1] * 6),
+        (11, 2, 1, 1.0, -1, True, 5, [1] * 5),
+        (8, 2, 2, 2.0, -1, False, 4, [2, 2, 2, 2]),
+        (8, 1, 3, 1.0, -1, False, 3, [3, 3, 2]),
+        (8, 1, 1, 3.0, 5, False, 5, [1] * 5),  # max_steps overrides epochs
+        (8, 1, 2, 1.0, 7, False, 7, [2, 2, 2, 2, 2, 2, 2]),  # spans 2 epochs
+        (6, 1, 4, 0.5, -1, False, 1, [4]),  # ceil(0.5 * 2)
+    ],
+)
+def test_step_accounting(tmp_path, n, bs, ga, epochs, max_steps, drop_last, expected_steps, expected_windows):
+    rec = Recorder()
+    trainer = make(
+        tmp_path, n=n, plugins=[rec], per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+        num_train_epochs=epochs, max_steps=max_steps, dataloader_drop_last=drop_last,
+    )
+    result = trainer.train()
+    assert result.global_step == trainer.state.max_steps == expected_steps
+    assert rec.windows == expected_windows
+
+
+@pytest.mark.parametrize(
+    "logging_steps, first, expected",
+    [
+        (3, False, [3, 6, 9]),
+        (3, True, [1, 3, 6, 9]),
+        (0.25, False, [3, 6, 9]),  # ceil(10 * 0.25) = 3
+        (0.5, False, [5, 10]),
+        (1, False, list(range(1, 11))),
+    ],
+)
+def test_logging_cadence(tmp_path, logging_steps, first, expected):
+    trainer = make(tmp_path, n=10, num_train_epochs=1, logging_steps=logging_steps, logging_first_step=first)
+    trainer.train()
+    assert [e["step"] for e in trainer.state.log_history if "loss" in e] == expected
+
+
+def test_logged_loss_is_the_mean_step_loss_of_the_window_and_lr_is_the_one_used(tmp_path):
+    rec = Recorder()
+    trainer = make(
+        tmp_path, n=12, plugins=[rec], gradient_accumulation_steps=2, logging_steps=2,
+        warmup_steps=2, num_train_epochs=1,
+    )
+    trainer.train()
+    step_losses = [sum(rec.losses[i : i + 2]) / 2 for i in range(0, len(rec.losses), 2)]
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    for entry in logs:
+        s = entry["step"]
+        assert entry["loss"] == pytest.approx((step_losses[s - 2] + step_losses[s - 1]) / 2, rel=1e-5)
+        assert entry["learning_rate"] == pytest.approx(rec.lrs[s - 1])
+        assert entry["grad_norm"] > 0
+    assert logs[0]["learning_rate"] == pytest.approx(0.005)  # step 2 of warm-up 2: 1/2 × lr
+    assert trainer.state.log_history[-1]["train_loss"] == pytest.approx(sum(step_losses) / 6, rel=1e-5)
+
+
+def test_grad_norm_is_pre_clip(tmp_path):
+    trainer = make(tmp_path, n=4, max_grad_norm=1e-6, logging_steps=1, learning_rate=0.0, num_train_epochs=1)
+    trainer.train()
+    assert all(e["grad_norm"] > 1e-3 for e in trainer.state.log_history if "grad_norm" in e)
+
+
+def test_nonfinite_losses_are_counted_and_filtered(tmp_path):
+    class NanOnStep3:
+        def __init__(self):
+            self.step = 0
+
+        @hookimpl(wrapper=True)
+        def training_step(self, trainer):
+            loss = yield
+            # the value is NaN, the gradient stays finite (so the weights stay finite)
+            return loss + (float("nan") - loss.detach()) if trainer.state.global_step == 2 else loss
+
+    def run(filter_):
+        trainer = make(tmp_path, n=4, plugins=[NanOnStep3()], logging_steps=4, learning_rate=0.0,
+                       logging_nan_inf_filter=filter_, num_train_epochs=1, max_grad_norm=0.0)
+        trainer.train()
+        return [e for e in trainer.state.log_history if "loss" in e][0]
+
+    kept = run(True)
+    assert math.isfinite(kept["loss"]) and kept["nonfinite_steps"] == 1
+    raw = run(False)
+    assert math.isnan(raw["loss"]) and raw["nonfinite_steps"] == 1
+
+
+# ---- schedules ------------------------------------------------------------------------------
+
+HF_REFERENCE = {  # hf_trainer.md §4, N=10, W=2, base lr 1.0: the LR used at steps 0..9
+    "linear": ({}, None, [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]),
+    "cosine": ({}, None, [0.0, 0.5, 1.0, 0.9619, 0.8536, 0.6913, 0.5, 0.3087, 0.1464, 0.0381]),
+    "cosine_with_restarts": (
+        {"num_cycles": 2}, None, [0.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 1.0, 0.8536, 0.5, 0.1464]
+    ),
+    "polynomial": ({}, 0.1, [0.0, 0.5, 1.0, 0.7891, 0.6062, 0.4516, 0.325, 0.2266, 0.1562, 0.1141]),
+    "inverse_sqrt": ({}, None, [0.0, 0.5, 1.0, 0.8165, 0.7071, 0.6325, 0.5774, 0.5345, 0.5, 0.4714]),
+    "constant_with_warmup": ({}, None, [0.0, 0.5] + [1.0] * 8),
+    "constant": ({}, None, [1.0] * 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HF_REFERENCE))
+def test_schedule_matches_hf_reference(tmp_path, name):
+    kwargs, lr_end, expected = HF_REFERENCE[name]
+    power = 2.0 if name == "polynomial" else 1.0
+    args = TrainingArguments(
+        output_dir=str(tmp_path), lr_scheduler_type=name, warmup_steps=2, learning_rate=1.0,
+        lr_scheduler_kwargs=kwargs or None, learning_rate_end=lr_end, power=power,
+    )
+    factor = lr_lambda(args, 10, 1.0)
+    assert [round(factor(t), 4) for t in range(10)] == pytest.approx(expected, abs=1e-4)
+
+
+def test_schedule_in_a_real_run_uses_hf_values(tmp_path):
+    rec = Recorder()
+    make(
+        tmp_path, n=10, plugins=[rec], learning_rate=1.0, lr_scheduler_type="cosine", warmup_steps=2,
+        num_train_epochs=1, optim="sgd",
+    ).train()
+    assert [round(x, 4) for x in rec.lrs] == pytest.approx(HF_REFERENCE["cosine"][2], abs=1e-4)
+
+
+def test_cosine_learning_rate_end_is_the_floor(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), lr_scheduler_type="cosine", learning_rate=1.0,
+                             learning_rate_end=0.1, warmup_steps=0)
+    factor = lr_lambda(args, 10, 1.0)
+    assert factor(10) == pytest.approx(0.1) and factor(0) == pytest.approx(1.0)
+
+
+def test_warmup_ratio_rounds_up(tmp_path):
+    rec = Recorder()
+    make(tmp_path, n=10, plugins=[rec], learning_rate=1.0, warmup_ratio=0.25, num_train_epochs=1, optim="sgd").train()
+    # ceil(10 * 0.25) = 3 warm-up steps: 0, 1/3, 2/3, then decay from 1.0
+    assert rec.lrs[:4] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+
+
+# ---- reproducibility and learning ------------------------------------------------------------
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path):
+    def run(seed):
+        torch.manual_seed(123)  # model init is the user's; the run's randomness is the seed's
+        trainer = make(tmp_path, n=24, model=Net(dropout=0.3), per_device_train_batch_size=4, seed=seed,
+                       num_train_epochs=2, gradient_accumulation_steps=2)
+        trainer.train()
+        return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    a, b, c = run(7), run(7), run(8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_data_order_depends_only_on_seed_and_epoch(tmp_path):
+    orders = []
+
+    class Order:
+        @hookimpl(tryfirst=True)
+        def training_step(self, batch):
+            orders[-1].extend(batch["index"].tolist())
+
+    for data_seed in (1, 1, 2):
+        orders.append([])
+        make(tmp_path, n=8, plugins=[Order()], per_device_train_batch_size=2, data_seed=data_seed,
+             num_train_epochs=2).train()
+    assert orders[0] == orders[1] != orders[2]
+    assert sorted(orders[0][:8]) == list(range(8)) and orders[0][:8] != orders[0][8:]
+
+
+def test_model_learns_a_real_task(tmp_path):
+    def acc(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=8, learning_rate=1e-2,
+        report_to="none", save_strategy="no", disable_tqdm=True, eval_strategy="epoch", logging_strategy="epoch",
+    )
+    trainer = Trainer(Net(), args, train_dataset=Items(512), eval_dataset=Items(256, seed=1), compute_metrics=acc)
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    assert after["eval_loss"] < 0.5 * before["eval_loss"]
+    assert after["eval_accuracy"] > 0.9
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_evaluate_returns_prefixed_metrics(tmp_path):
+    def metrics(p):
+        assert p.predictions.shape == (6, 4) and p.label_ids.shape == (6,)
+        predictions, labels = p  # also unpacks as a tuple
+        return {"n": float(len(labels))}
+
+    trainer = Trainer(
+        Net(), TrainingArguments(output_dir=str(tmp_path), report_to="none", per_device_eval_batch_size=4),
+        train_dataset=Items(4), eval_dataset=Items(6), compute_metrics=metrics,
+    )
+    out = trainer.evaluate()
+    assert out["eval_n"] == 6.0 and "eval_loss" in out and "eval_runtime" in out
+
+
+def test_compute_loss_replaces_the_model_contract(tmp_path):
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.lin(x).squeeze(-1)
+
+    def loss_fn(model, batch):
+        return torch.nn.functional.mse_loss(model(batch["x"]), batch["labels"].float())
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=True, max_steps=3)
+    result = Trainer(Plain(), args, train_dataset=Items(8), compute_loss=loss_fn).train()
+    assert result.global_step == 3 and math.isfinite(result.training_loss)
+
+
+# ---- construction errors ---------------------------------------------------------------------
+
+
+def test_construction_lists_every_problem(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="epoch", report_to=["tensorbord"])
+    with pytest.raises(ArgumentError) as info:
+        Trainer(Net(), args, train_dataset=Items(4))
+    text = str(info.value)
+    assert "eval_dataset" in text and "'tensorbord'" in text and "Did you mean 'tensorboard'" in text
+
+
+def test_a_plugin_class_instead_of_an_instance_is_a_clear_error(tmp_path):
+    with pytest.raises(PluginLoadError, match=r"forgot \(\)"):
+        make(tmp_path, plugins=[Recorder])
+
+
+def test_misspelt_hook_is_an_error(tmp_path):
+    class Typo:
+        @hookimpl
+        def on_step_ends(self):
+            pass
+
+    with pytest.raises(Exception, match="on_step_ends"):
+        make(tmp_path, plugins=[Typo()])
+
+
+def test_duplicate_registry_name_names_both_providers(tmp_path):
+    class Mine:
+        name = "my-reporters"
+
+        @hookimpl
+        def register_reporters(self, register):
+            register("tensorboard", lambda args: None)
+
+    with pytest.raises(Exception, match=r"'tensorboard' is registered twice.*reporters.tensorboard.*my-reporters"):
+        make(tmp_path, plugins=[Mine()])
+
+
+def test_disable_plugins_blocks_a_builtin(tmp_path):
+    trainer = make(tmp_path, disable_plugins=["progress"])
+    assert trainer.plugin_manager.get_plugin("progress") is None
+
+
+def test_label_smoothing_raises_the_loss_of_a_confident_model(tmp_path):
+    def first_loss(eps):
+        torch.manual_seed(0)
+        trainer = make(tmp_path, n=8, label_smoothing_factor=eps, max_steps=1, logging_steps=1,
+                       per_device_train_batch_size=8, learning_rate=0.0)
+        trainer.train()
+        return trainer.state.log_history[0]["loss"]
+
+    plain, smoothed = first_loss(0.0), first_loss(0.2)
+    x, y = Items(8).x, Items(8).y
+    torch.manual_seed(0)
+    logits = Net().body(x)
+    assert plain == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    expected = float(torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2))
+    assert smoothed == pytest.approx(expected, rel=1e-5)
+
+
+def test_input_tokens_are_counted(tmp_path):
+    trainer = make(tmp_path, n=8, include_num_input_tokens_seen=True, per_device_train_batch_size=2,
+                   num_train_epochs=1, logging_steps=2)
+    trainer.train()
+    seen = [e["num_input_tokens_seen"] for e in trainer.state.log_history if "loss" in e]
+    assert seen == [2 * 2 * 8, 4 * 2 * 8]  # steps × batch × elements of x (the first tensor)

@@ -1,0 +1,228 @@
+"""The plugin system: entry points from a really installed distribution, listing, layering, docs."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import hooktrain
+from hooktrain.core import hookspecs
+from hooktrain.core.args import argument_specs
+from hooktrain.core.manager import BUILTIN_PLUGINS, build_manager
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLUGIN_MODULE = '''
+"""A third-party reporter writing one JSON line per report."""
+import json, os
+from hooktrain import hookimpl
+
+
+class JsonlReporter:
+    def __init__(self, args):
+        self.path = os.path.join(args.output_dir, "metrics.jsonl")
+
+    def _write(self, record):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\\n")
+
+    @hookimpl
+    def report_run_start(self, run_name, config):
+        self._write({"start": run_name})
+
+    @hookimpl
+    def report_scalars(self, scalars, step):
+        self._write({"step": step, **scalars})
+
+    @hookimpl
+    def report_run_end(self, status):
+        self._write({"end": status})
+
+
+@hookimpl
+def register_reporters(register):
+    register("jsonl", JsonlReporter)
+'''
+
+TRAIN_SCRIPT = '''
+import sys, torch
+from hooktrain import Trainer, TrainingArguments
+
+class DS(torch.utils.data.Dataset):
+    def __len__(self): return 8
+    def __getitem__(self, i): return {"x": torch.ones(2) * i, "labels": torch.tensor(float(i))}
+
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__(); self.l = torch.nn.Linear(2, 1)
+    def forward(self, x, labels):
+        return {"loss": torch.nn.functional.mse_loss(self.l(x).squeeze(-1), labels)}
+
+args = TrainingArguments(output_dir=sys.argv[1], report_to=["jsonl"], max_steps=4, logging_steps=2,
+                         save_strategy="no", disable_tqdm=True, per_device_train_batch_size=2)
+Trainer(M(), args, train_dataset=DS()).train()
+'''
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory):
+    """``hooktrain-jsonl`` built and installed for real (pip --target) into a fresh directory."""
+    src = tmp_path_factory.mktemp("src")
+    (src / "hooktrain_jsonl.py").write_text(PLUGIN_MODULE)
+    (src / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "hooktrain-jsonl"
+        version = "0.3.1"
+        [project.entry-points.hooktrain]
+        jsonl = "hooktrain_jsonl"
+        [tool.setuptools]
+        py-modules = ["hooktrain_jsonl"]
+    '''))
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(src)],
+        check=True, capture_output=True,
+    )
+    return target
+
+
+def run(args, env_extra, cwd=None):
+    env = {**os.environ, **env_extra}
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_entry_point_plugin_is_loaded_and_selected(installed_plugin, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    out = tmp_path / "out"
+    proc = run([sys.executable, str(script), str(out)], {"PYTHONPATH": str(installed_plugin)})
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["start"].startswith("out-")
+    assert [r["step"] for r in records if "step" in r and "train/loss" in r] == [2, 4]
+    assert records[-1] == {"end": "completed"}
+
+
+def test_autoload_can_be_switched_off(installed_plugin, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    proc = run(
+        [sys.executable, str(script), str(tmp_path / "out")],
+        {"PYTHONPATH": str(installed_plugin), "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
+    assert proc.returncode != 0
+    assert "unknown reporter 'jsonl'" in proc.stderr and "Installed: comet" in proc.stderr
+
+
+def test_plugins_command_lists_the_installed_plugin(installed_plugin):
+    proc = run([sys.executable, "-m", "hooktrain", "plugins", "--json"], {"PYTHONPATH": str(installed_plugin)})
+    assert proc.returncode == 0, proc.stderr
+    infos = {i["name"]: i for i in json.loads(proc.stdout)}
+    assert infos["jsonl"]["distribution"] == "hooktrain-jsonl"
+    assert infos["jsonl"]["version"] == "0.3.1"
+    assert infos["jsonl"]["hooks"] == ["register_reporters"]
+    assert infos["jsonl"]["registers"] == {"reporters": ["jsonl"]}
+    assert infos["reporters.comet"]["registers"] == {"reporters": ["comet", "comet_ml"]}
+    assert infos["training"]["builtin"] is True
+    text = run([sys.executable, "-m", "hooktrain", "plugins"], {"PYTHONPATH": str(installed_plugin)}).stdout
+    assert "jsonl  [hooktrain-jsonl 0.3.1]" in text and "reporters: jsonl" in text
+
+
+def test_a_broken_entry_point_names_plugin_distribution_and_the_way_out(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "hooktrain_broken-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hooktrain-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[hooktrain]\nbroken = no_such_module_xyz\n")
+    proc = run([sys.executable, "-m", "hooktrain", "plugins"], {"PYTHONPATH": str(site)})
+    assert proc.returncode != 0
+    assert "plugin 'broken'" in proc.stderr and "hooktrain-broken" in proc.stderr
+    assert "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD=1" in proc.stderr
+
+
+def test_import_is_light():
+    code = (
+        "import sys, hooktrain; "
+        "heavy = [m for m in ('wandb', 'mlflow', 'comet_ml', 'tensorboard', 'transformers', 'matplotlib', "
+        "'torch.utils.tensorboard', 'pluggy._tracing_disabled') if m in sys.modules]; print(heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_builtins_are_declared_as_entry_points():
+    text = (ROOT / "pyproject.toml").read_text()
+    for name, module in BUILTIN_PLUGINS:
+        if Path(ROOT, *module.split(".")).with_suffix(".py").exists():
+            assert re.search(rf'^"?{re.escape(name)}"? = "{re.escape(module)}"$', text, re.M), name
+
+
+# ---- layering and documentation ------------------------------------------------------------
+
+CORE_FILES = ["loop.py", "data.py", "losses.py", "manager.py", "registry.py", "state.py", "types.py"]
+
+
+@pytest.mark.parametrize("filename", CORE_FILES)
+def test_core_reads_no_feature_argument(filename):
+    """core never reads an argument owned by a plugin (save_*, report_to, fp16, early_stopping_* …)."""
+    owners = {s.name: s.owner for s in argument_specs()}
+    tree = ast.parse((ROOT / "hooktrain" / "core" / filename).read_text())
+    read = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Attribute))
+        and (getattr(node.value, "id", None) == "args" or getattr(node.value, "attr", None) == "args")
+    }
+    feature = sorted(name for name in read if owners.get(name, "core") != "core")
+    assert feature == [], f"{filename} reads plugin-owned arguments {feature}"
+
+
+def test_loop_stays_small():
+    assert len((ROOT / "hooktrain" / "core" / "loop.py").read_text().splitlines()) <= 480
+
+
+def test_every_owner_is_a_builtin_plugin():
+    plugins = {name for name, _ in BUILTIN_PLUGINS} | {"core"}
+    assert {s.owner for s in argument_specs()} <= plugins
+
+
+def test_every_hook_is_documented_with_its_signature():
+    doc = (ROOT / "docs" / "hooks.md").read_text()
+    for name in hookspecs.__all__:
+        spec = getattr(hookspecs, name)
+        params = ", ".join(inspect.signature(spec).parameters)
+        assert f"### `{name}({params})`" in doc, f"docs/hooks.md lacks or has a stale `{name}({params})`"
+        assert spec.__doc__ and all(f":param {p}:" in spec.__doc__ for p in inspect.signature(spec).parameters)
+        opts = spec.hooktrain_spec if hasattr(spec, "hooktrain_spec") else {}
+        if opts.get("firstresult"):
+            assert "Stops at first non-None result" in spec.__doc__
+
+
+def test_manager_lists_builtins_without_a_trainer():
+    infos = {i.name: i for i in build_manager().describe()}
+    assert "create_optimizer" in infos["optimizers"].hooks
+    assert infos["reporters.tensorboard"].registers == {"reporters": ["tensorboard"]}
+    assert hooktrain.__version__
+
+
+def test_hooks_doc_is_fresh():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from gen_hooks_doc import render
+    finally:
+        sys.path.pop(0)
+    assert (ROOT / "docs" / "hooks.md").read_text() == render(), "run: python tools/gen_hooks_doc.py"
