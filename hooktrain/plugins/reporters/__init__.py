@@ -1,0 +1,1 @@
+"""Built-in reporters: one module per tracker, each imported only when selected."""

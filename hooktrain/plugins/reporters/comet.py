@@ -1,0 +1,123 @@
+"""Comet reporter (``report_to="comet"``, alias ``"comet_ml"``).
+
+Online or offline, decided from comet's own configuration (environment variables and
+``.comet.config``):
+
+* offline (``comet_ml.OfflineExperiment``, no account or network needed) when
+  ``COMET_START_ONLINE`` is false, or when no API key is configured. The archive
+  ``<key>.zip`` lands in ``$COMET_OFFLINE_DIRECTORY``, else ``<output_dir>/comet``, when the
+  run ends; upload it later with ``comet upload``.
+* online (``comet_ml.Experiment``) otherwise.
+
+Project: ``$COMET_PROJECT_NAME``, else ``"hooktrain"``. The run name is the experiment
+name, the arguments dict its parameters (nested values flattened by comet), scalars are
+logged with ``log_metrics(step=...)``, and the end status is the "other" value ``status``.
+
+Comet's automatic logging (import hooks that patch torch, TensorBoard and mlflow, and would
+make a second experiment out of the other reporters' calls) is switched off with
+``COMET_DISABLE_AUTO_LOGGING=1`` unless that variable is already set; it only works when
+this reporter is the first to import comet_ml. Code, git, environment, stdout and graph
+capture are off too: the reporter logs exactly what the Trainer reports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from hooktrain.core.errors import PluginLoadError
+from hooktrain.core.markers import hookimpl
+
+NAME = "comet"
+ALIASES = ("comet_ml",)
+DEFAULT_PROJECT = "hooktrain"
+
+# The experiment logs only what it is given.
+_QUIET: dict[str, Any] = {
+    "log_code": False,
+    "log_graph": False,
+    "auto_param_logging": False,
+    "auto_metric_logging": False,
+    "parse_args": False,
+    "auto_output_logging": False,
+    "log_env_details": False,
+    "log_git_metadata": False,
+    "log_git_patch": False,
+    "display_summary_level": 0,
+}
+
+
+def available() -> bool:
+    """Whether comet_ml is installed (used by ``report_to="all"``).
+
+    No API key is needed: without one the reporter logs offline. Nothing is imported.
+    """
+    try:
+        return importlib.util.find_spec("comet_ml") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class CometReporter:
+    """Log one run to a Comet experiment, online or offline."""
+
+    name = NAME
+
+    def __init__(self, args: Any):
+        os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
+        try:
+            import comet_ml
+            import comet_ml.config
+        except ImportError as exc:
+            raise PluginLoadError(
+                f'report_to="{NAME}" needs the comet_ml package ({exc}): pip install "hooktrain[comet]"'
+            ) from exc
+        self._comet = comet_ml
+        config = comet_ml.config.get_config()
+        start_online = config.get_bool(None, "comet.start.online")
+        self.online: bool = start_online is not False and bool(config["comet.api_key"])
+        self.project_name: str = config["comet.project_name"] or DEFAULT_PROJECT
+        default_dir = os.path.join(os.fspath(args.output_dir), "comet")
+        self.offline_directory: str | None = (
+            None
+            if self.online
+            else os.path.abspath(config.get_raw(None, "comet.offline_directory", default=default_dir))
+        )
+        self.experiment: Any = None
+
+    @hookimpl
+    def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
+        experiment: Any
+        if self.offline_directory is None:
+            experiment = self._comet.Experiment(project_name=self.project_name, **_QUIET)
+        else:
+            os.makedirs(self.offline_directory, exist_ok=True)
+            experiment = self._comet.OfflineExperiment(
+                project_name=self.project_name, offline_directory=self.offline_directory, **_QUIET
+            )
+        self.experiment = experiment
+        experiment.set_name(run_name)
+        experiment.log_parameters(config)
+
+    @hookimpl
+    def report_scalars(self, scalars: dict[str, float], step: int) -> None:
+        if self.experiment is not None:
+            self.experiment.log_metrics(scalars, step=step)
+
+    @hookimpl
+    def report_run_end(self, status: str) -> None:
+        experiment, self.experiment = self.experiment, None
+        if experiment is None:
+            return
+        try:
+            experiment.log_other("status", status)
+        finally:
+            experiment.end()
+
+
+@hookimpl
+def register_reporters(register: Any) -> None:
+    register(NAME, CometReporter)
+    for alias in ALIASES:
+        register(alias, CometReporter)

@@ -1,0 +1,201 @@
+"""MLflow reporter (``report_to="mlflow"``), written with its own ``MlflowClient``.
+
+No process-global state of mlflow's fluent API (active run, tracking URI) is used or changed.
+
+* tracking URI: ``$MLFLOW_TRACKING_URI``, else an embedded SQLite store,
+  ``sqlite:///<absolute output_dir>/mlflow.db`` (a SQLite path whose directory is not
+  writable is refused at once; mlflow itself would retry for ~100 s).
+* experiment: ``$MLFLOW_EXPERIMENT_NAME``, else ``"hooktrain"``, created when missing.
+* run: a new run named after the run name; params are the arguments dict (names
+  sanitised to mlflow's alphabet, values as strings truncated to mlflow's 6000 characters,
+  sent in batches of 100).
+* metrics are buffered and sent with ``log_batch`` (one transaction instead of one per
+  value: SQLite costs ~2.5 ms per call) at most every ``FLUSH_SECONDS`` or 1000 values,
+  and at the end; the run is then terminated as ``FINISHED`` (completed), ``KILLED``
+  (stopped) or ``FAILED``.
+
+Bounded HTTP: mlflow's defaults retry a dead tracking server for about four minutes per
+call. Unless they are already set, the reporter sets (process-wide, before mlflow is
+imported) ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1`` and
+``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` so an unreachable server fails within seconds. Set them
+yourself to change that.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import posixpath
+import re
+import time
+from typing import Any
+
+from hooktrain.core.errors import PluginLoadError
+from hooktrain.core.markers import hookimpl
+
+NAME = "mlflow"
+DEFAULT_EXPERIMENT = "hooktrain"
+FLUSH_SECONDS = 1.0
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
+_BAD_CHARS = re.compile(r"[^/\w.\- :]")
+
+# Fallbacks for mlflow's limits (mlflow.utils.validation) should a version lack them.
+_PARAM_VALUE_LENGTH = 6000
+_KEY_LENGTH = 250
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
+
+
+def available() -> bool:
+    """Whether mlflow is installed (used by ``report_to="all"``); nothing is imported."""
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def sanitize_key(key: str, max_length: int = _KEY_LENGTH) -> str:
+    """*key* as a valid mlflow param/metric name (``train/loss`` stays as is)."""
+    name = posixpath.normpath(_BAD_CHARS.sub("_", str(key))).lstrip("/")
+    if name in ("", ".") or name.startswith(".."):
+        name = "_" + name
+    return name[:max_length]
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _sqlite_path(uri: str) -> str | None:
+    """The database file of a ``sqlite:///…`` URI, or ``None`` (in-memory or another store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else path
+
+
+class MlflowReporter:
+    """Log one run to an MLflow tracking store through a private ``MlflowClient``."""
+
+    name = NAME
+
+    def __init__(self, args: Any):
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        try:
+            from mlflow.entities import Metric, Param
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            raise PluginLoadError(
+                f'report_to="{NAME}" needs the mlflow package ({exc}): pip install "hooktrain[mlflow]"'
+            ) from exc
+        validation: Any
+        try:
+            from mlflow.utils import validation
+        except ImportError:  # pragma: no cover - an mlflow without the module: keep the fallbacks
+            validation = None
+        self._value_length = getattr(validation, "MAX_PARAM_VAL_LENGTH", _PARAM_VALUE_LENGTH)
+        self._key_length = getattr(validation, "MAX_ENTITY_KEY_LENGTH", _KEY_LENGTH)
+        self._params_per_batch = getattr(validation, "MAX_PARAMS_TAGS_PER_BATCH", _PARAMS_PER_BATCH)
+        self._metrics_per_batch = getattr(validation, "MAX_METRICS_PER_BATCH", _METRICS_PER_BATCH)
+
+        self._client_class = MlflowClient
+        self._metric = Metric
+        self._param = Param
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            db = os.path.join(os.path.abspath(os.fspath(args.output_dir)), "mlflow.db")
+            uri = "sqlite:///" + db
+        self.tracking_uri: str = uri
+        self.experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        self.client: Any = None
+        self.run_id: str | None = None
+        self._buffer: list[Any] = []
+        self._last_flush = 0.0
+
+    # ---- hooks ----------------------------------------------------------------------------
+
+    @hookimpl
+    def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
+        db = _sqlite_path(self.tracking_uri)
+        if db is not None:
+            parent = os.path.dirname(os.path.abspath(db))
+            os.makedirs(parent, exist_ok=True)
+            if not os.access(parent, os.W_OK):
+                raise PermissionError(f"mlflow reporter: {parent!r} is not writable ({self.tracking_uri})")
+        client = self._client_class(tracking_uri=self.tracking_uri)
+        experiment_id = self._experiment_id(client)
+        run = client.create_run(experiment_id, run_name=run_name)
+        self.client, self.run_id = client, run.info.run_id
+        self._last_flush = time.monotonic()
+
+        params: dict[str, str] = {}
+        for key, value in config.items():
+            params[sanitize_key(key, self._key_length)] = _param_value(value)[: self._value_length]
+        items = [self._param(k, v) for k, v in params.items()]
+        size = self._params_per_batch
+        for i in range(0, len(items), size):
+            client.log_batch(self.run_id, params=items[i : i + size])
+
+    @hookimpl
+    def report_scalars(self, scalars: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        timestamp = int(time.time() * 1000)
+        step = int(step)
+        metrics = [
+            self._metric(sanitize_key(k, self._key_length), float(v), timestamp, step)
+            for k, v in scalars.items()
+        ]
+        self._buffer.extend(metrics)
+        if (
+            len(self._buffer) >= self._metrics_per_batch
+            or time.monotonic() - self._last_flush >= FLUSH_SECONDS
+        ):
+            self.flush()
+
+    @hookimpl
+    def report_run_end(self, status: str) -> None:
+        if self.client is None:
+            return
+        try:
+            self.flush()
+        finally:
+            client, run_id = self.client, self.run_id
+            self.client = None
+            client.set_terminated(run_id, _STATUS.get(status, "FAILED"))
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send the buffered metrics (one ``log_batch`` per 1000 values)."""
+        self._last_flush = time.monotonic()
+        while self._buffer:
+            batch = self._buffer[: self._metrics_per_batch]
+            self.client.log_batch(self.run_id, metrics=batch)
+            del self._buffer[: len(batch)]
+
+    def _experiment_id(self, client: Any) -> str:
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(self.experiment_name)
+        except Exception:  # created concurrently by another process: take that one
+            experiment = client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+
+@hookimpl
+def register_reporters(register: Any) -> None:
+    register(NAME, MlflowReporter)

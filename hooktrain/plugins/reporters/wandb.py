@@ -1,0 +1,104 @@
+"""Weights & Biases reporter (``report_to="wandb"``).
+
+Each reporter object owns its own run (``wandb.init(reinit="create_new")``), so two
+Trainers, or two runs in one process, never share or finish each other's run.
+
+* project: ``$WANDB_PROJECT``, else ``"hooktrain"``; the run's display name is the run name;
+  the config is the arguments dict.
+* files: under ``$WANDB_DIR``, else ``args.output_dir`` (wandb adds ``wandb/<run>/``).
+* every other ``WANDB_*`` variable (``WANDB_MODE=offline``, ``WANDB_ENTITY``, ``WANDB_SILENT``…)
+  is read by wandb itself.
+* scalars: ``run.log(scalars, step=step)``. Scalars reported twice at one step (training
+  logs and evaluation metrics) are merged into one row; wandb drops rows whose step goes
+  backwards, so the reporting bridge reports in step order.
+* end: the status goes to the run summary (``status``), then
+  ``run.finish(exit_code=0)`` for a completed run, ``exit_code=1`` otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Any
+
+from hooktrain.core.errors import PluginLoadError
+from hooktrain.core.markers import hookimpl
+
+NAME = "wandb"
+DEFAULT_PROJECT = "hooktrain"
+
+logger = logging.getLogger(__name__)
+
+
+def available() -> bool:
+    """Whether wandb is installed (used by ``report_to="all"``); nothing is imported."""
+    try:
+        return importlib.util.find_spec("wandb") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class WandbReporter:
+    """Log one run to Weights & Biases (online, offline or disabled, as wandb is configured)."""
+
+    name = NAME
+
+    def __init__(self, args: Any):
+        try:
+            import wandb
+        except ImportError as exc:
+            raise PluginLoadError(
+                f'report_to="{NAME}" needs the wandb package ({exc}): pip install "hooktrain[wandb]"'
+            ) from exc
+        self._wandb = wandb
+        self.dir = os.fspath(os.environ.get("WANDB_DIR") or args.output_dir)
+        self.project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        self.run: Any = None
+        self._last_step = -1
+        self._warned = False
+
+    @hookimpl
+    def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
+        # wandb silently falls back to /tmp when it cannot write ``dir``: fail loudly instead.
+        os.makedirs(self.dir, exist_ok=True)
+        if not os.access(self.dir, os.W_OK):
+            raise PermissionError(f"wandb reporter: directory {self.dir!r} is not writable")
+        self.run = self._wandb.init(
+            project=self.project,
+            name=run_name,
+            config=config,
+            dir=self.dir,
+            reinit="create_new",
+        )
+        self._last_step, self._warned = -1, False
+
+    @hookimpl
+    def report_scalars(self, scalars: dict[str, float], step: int) -> None:
+        if self.run is None:
+            return
+        if step < self._last_step and not self._warned:
+            self._warned = True
+            logger.warning(
+                "wandb drops rows whose step goes backwards: step %d after %d (%s); warned once",
+                step,
+                self._last_step,
+                ", ".join(scalars),
+            )
+        self._last_step = max(self._last_step, step)
+        self.run.log(dict(scalars), step=step)
+
+    @hookimpl
+    def report_run_end(self, status: str) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            run.summary["status"] = status
+        finally:
+            run.finish(exit_code=0 if status == "completed" else 1)
+
+
+@hookimpl
+def register_reporters(register: Any) -> None:
+    register(NAME, WandbReporter)

@@ -1,0 +1,56 @@
+"""Shared test setup.
+
+The trackers run for real but offline: no account, no network, no file outside a
+session temporary directory. The environment is set at import time, before any test module
+imports a tracker (``COMET_DISABLE_AUTO_LOGGING`` only works before ``import comet_ml``).
+A variable already set by the caller wins.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+import pytest
+
+TRACKER_HOME = tempfile.mkdtemp(prefix="hooktrain-tests-")
+atexit.register(shutil.rmtree, TRACKER_HOME, ignore_errors=True)
+
+OFFLINE_ENV = {
+    # wandb: offline, quiet, no helper processes, nothing under $HOME
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "WANDB_ERROR_REPORTING": "false",
+    "WANDB_CONSOLE": "off",
+    "WANDB_X_DISABLE_STATS": "true",
+    "WANDB_X_DISABLE_META": "true",
+    "WANDB_DISABLE_GIT": "true",
+    "WANDB_X_SAVE_REQUIREMENTS": "false",
+    "WANDB_CACHE_DIR": os.path.join(TRACKER_HOME, "wandb-cache"),
+    "WANDB_CONFIG_DIR": os.path.join(TRACKER_HOME, "wandb-config"),
+    "WANDB_DATA_DIR": os.path.join(TRACKER_HOME, "wandb-data"),
+    # comet: no import hooks, no Sentry, no announcements or INFO lines
+    "COMET_DISABLE_AUTO_LOGGING": "1",
+    "COMET_ERROR_TRACKING_ENABLE": "false",
+    "COMET_DISABLE_ANNOUNCEMENT": "true",
+    "COMET_LOGGING_CONSOLE": "ERROR",
+    # mlflow: no telemetry, a dead server fails at once
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "DO_NOT_TRACK": "true",
+    # caches that default to $HOME (mlflow telemetry, matplotlib imported by comet)
+    "XDG_CONFIG_HOME": os.path.join(TRACKER_HOME, "xdg-config"),
+    "MPLCONFIGDIR": os.path.join(TRACKER_HOME, "matplotlib"),
+}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path, monkeypatch):
+    """Run the test inside ``tmp_path``: trackers' CWD-relative defaults land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
