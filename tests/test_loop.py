@@ -514,3 +514,26 @@ def test_input_tokens_are_counted(tmp_path):
     trainer.train()
     seen = [e["num_input_tokens_seen"] for e in trainer.state.log_history if "loss" in e]
     assert seen == [2 * 2 * 8, 4 * 2 * 8]  # steps × batch × elements of x (the first tensor)
+
+
+def test_iterable_dataset_runs_max_steps_across_passes(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            data = Items(5)
+            return iter([data[i] for i in range(5)])
+
+    rec = Recorder()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", save_strategy="no", disable_tqdm=True,
+                             max_steps=4, gradient_accumulation_steps=2, per_device_train_batch_size=1)
+    result = Trainer(Net(), args, train_dataset=Stream(), plugins=[rec]).train()
+    # 5 batches per pass: windows 2, 2, then the pass ends with a partial window of 1, then 2
+    assert result.global_step == 4 and rec.windows == [2, 2, 1, 2]
+
+
+def test_iterable_dataset_needs_max_steps(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([])
+
+    with pytest.raises(ArgumentError, match="max_steps"):
+        Trainer(Net(), TrainingArguments(output_dir=str(tmp_path), report_to="none"), train_dataset=Stream())

@@ -237,6 +237,8 @@ class Trainer:
         first_epoch = state.global_step // steps_per_epoch if len_dl != sys.maxsize else 0
         skip_steps = state.global_step % steps_per_epoch if len_dl != sys.maxsize else 0
         sampler = getattr(loader, "batch_sampler", None)
+        if state.global_step >= max_steps:  # resumed from the final checkpoint
+            return
         for epoch in range(first_epoch, epochs):
             if isinstance(sampler, ResumableBatchSampler):
                 sampler.set_epoch(epoch)
@@ -246,12 +248,17 @@ class Trainer:
                 skip_steps = 0
             hook.on_epoch_begin(trainer=self, args=args, state=state)
             batches = iter(loader)
+            partial = len_dl % ga if len_dl != sys.maxsize else 0  # the epoch's last window
+            stepped = False
             for update in range(skip_steps, steps_per_epoch):
-                window = ga if (update < steps_per_epoch - 1 or len_dl % ga == 0) else len_dl % ga
+                window = partial if partial and update == steps_per_epoch - 1 else ga
                 if not self._step(batches, window, epoch, update * ga, len_dl):
                     break  # the data ran out (iterable dataset)
+                stepped = True
                 if self._after_step(max_steps):
                     break
+            if not stepped and len_dl == sys.maxsize:
+                raise ValueError(f"the train_dataset yielded no batch in epoch {epoch}")
             hook.on_epoch_end(trainer=self, args=args, state=state)
             self._after_epoch()
             if state.stop_reason or state.global_step >= max_steps:

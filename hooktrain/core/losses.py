@@ -20,10 +20,10 @@ class LossWindow:
         if len(self._pending) >= 4096:  # logging off or rare: fold to bound memory
             self._pending = [torch.stack(self._pending).float().reshape(-1)]
 
-    def close(self) -> tuple[float | None, int, int]:
+    def close(self) -> tuple[float, int, int]:
         """Return ``(mean loss, steps, non-finite steps)`` of the window and start a new one."""
         if not self._pending:
-            return None, 0, 0
+            return float("nan"), 0, 0
         losses = torch.cat([t.float().reshape(-1) for t in self._pending]).cpu()
         self._pending = []
         finite = torch.isfinite(losses)
