@@ -15,7 +15,8 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
     ``set_epoch(e)`` picks the permutation; ``skip_batches(n)`` makes the next iteration start
     at batch ``n`` without touching the skipped data (exact mid-epoch resume). With several
     processes each rank takes every ``world_size``-th index of the padded permutation, as
-    ``DistributedSampler`` does.
+    ``DistributedSampler`` does; with ``pad=False`` (evaluation) the permutation is not padded,
+    so every sample is seen exactly once and the shards may differ in length by one.
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool = True,
     ):
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -36,9 +38,10 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
+        self.pad = pad
         self.epoch = 0
         self._skip = 0
-        self.per_rank = math.ceil(num_samples / world_size)
+        self.per_rank = math.ceil(num_samples / world_size) if pad else len(range(rank, num_samples, world_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,9 +58,10 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         else:
             order = list(range(self.num_samples))
         if self.world_size > 1:
-            total = self.per_rank * self.world_size
-            order += order[: total - len(order)]
-            order = order[self.rank : total : self.world_size]
+            if self.pad:
+                total = self.per_rank * self.world_size
+                order = (order * math.ceil(total / max(len(order), 1)))[:total]  # N < world too
+            order = order[self.rank :: self.world_size]
         return order
 
     def __len__(self) -> int:
@@ -87,7 +91,7 @@ def default_collate(items: Sequence[Any]) -> Any:
             else:
                 out[key] = torch.utils.data.default_collate(values)
         return out
-    return torch.utils.data.default_collate(items)
+    return torch.utils.data.default_collate(list(items))
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
