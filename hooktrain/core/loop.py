@@ -26,6 +26,23 @@ from hooktrain.core.types import EvalPrediction, StepOutcome
 logger = logging.getLogger("hooktrain")
 
 
+def _console_logging(level: str, main_process: bool) -> None:
+    """Show hooktrain's messages on stderr: INFO on the main process, WARNING elsewhere.
+
+    Nothing is added when the application configured logging itself; ``log_level`` (other than
+    ``"passive"``) sets the level of the ``hooktrain`` logger explicitly.
+    """
+    if level != "passive":
+        logger.setLevel(level.upper())
+    elif logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[hooktrain] %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 class TrainOutput(NamedTuple):
     global_step: int
     training_loss: float
@@ -66,8 +83,6 @@ class Trainer:
         self.local_process_index = 0  # this process's rank on its machine
         self._barrier: Callable[[], None] = lambda: None  # set by the distributed plugin
         set_seed(args.seed, args.full_determinism)
-        if args.log_level != "passive":
-            logger.setLevel(args.log_level.upper())
 
         self.plugin_manager: PluginManager = build_manager(
             plugins=plugins, blocked=args.disable_plugins
@@ -82,6 +97,7 @@ class Trainer:
         hook.configure(trainer=self, args=args)
         self.plugin_manager.check_pending()
         self.state.is_world_process_zero = self.process_index == 0
+        _console_logging(args.log_level, self.process_index == 0)
         if self.model_wrapped is self.model:
             self.model.to(self.device)
 

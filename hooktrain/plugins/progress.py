@@ -11,7 +11,10 @@ from hooktrain.core.markers import hookimpl
 def format_logs(step: int, max_steps: int, logs: dict[str, Any]) -> str:
     """One concise console line for a log event."""
     parts = [f"step {step}/{max_steps}"]
+    summary = "train_runtime" in logs
     for key, value in logs.items():
+        if not summary and (key.endswith("_runtime") or key.endswith("_per_second")):
+            continue  # timing details of an evaluation: in the trackers, not on the console
         if isinstance(value, float):
             parts.append(f"{key} {value:.4g}")
         else:
