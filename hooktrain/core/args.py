@@ -213,12 +213,15 @@ class TrainingArguments:
 
     # ---------------------------------------------------------------- precision
     fp16: bool = _arg(
-        False, "precision", "fp16 mixed precision with a gradient scaler (needs CUDA).")
+        False, "precision", "fp16 mixed precision (autocast + gradient scaler); on a CPU it runs "
+        "but is far slower than bf16, and a warning says so.")
     bf16: bool = _arg(False, "precision", "bf16 mixed precision (needs hardware bf16 support).")
     fp16_full_eval: bool = _arg(
-        False, "precision", "Cast the model to fp16 for evaluation outside training.")
+        False, "precision", "Evaluate with the model cast to fp16; the training weights are "
+        "restored bitwise afterwards.")
     bf16_full_eval: bool = _arg(
-        False, "precision", "Cast the model to bf16 for evaluation outside training.")
+        False, "precision", "Evaluate with the model cast to bf16; the training weights are "
+        "restored bitwise afterwards.")
     tf32: bool = _arg(
         True, "precision", "Allow TF32 matmuls and convolutions on NVIDIA Ampere or newer; no "
         "effect elsewhere.")

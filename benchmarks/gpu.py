@@ -1,0 +1,239 @@
+"""GPU check of the precision plugin: fp32, TF32, fp16, bf16 and gradient checkpointing on CUDA.
+
+Trains a small decoder-only transformer (pre-norm blocks in an ``nn.ModuleList``, causal
+``scaled_dot_product_attention``) through the ``Trainer`` once per configuration and prints a
+markdown table: optimizer steps per second (timed after the warm-up steps, with
+``torch.cuda.synchronize``), ``torch.cuda.max_memory_allocated`` over the run, the final training
+loss, the fp16 skipped steps, and what the configuration really did (the dtype a Linear layer
+computed in, the TF32 switch seen during training, the checkpointed forward passes).
+
+Without CUDA it prints ``skipped: no CUDA`` and exits 0; CI never needs a GPU. ``--cpu`` runs
+the same checks on the CPU (tiny sizes advised) to test this script itself; its memory column is
+then empty and TF32 is not checked.
+
+Run: ``python benchmarks/gpu.py [--steps 40] [--warmup 10] [--batch 16] [--seq 512]``.
+Exit status 1 when a configuration fails or its checks do not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from hooktrain import Trainer, TrainingArguments, hookimpl
+
+#: name -> precision arguments (tf32 is on by default in hooktrain, so fp32 turns it off)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "fp32": {"tf32": False},
+    "fp32 + tf32": {"tf32": True},
+    "fp16": {"fp16": True, "tf32": False},
+    "bf16": {"bf16": True, "tf32": False},
+    "bf16 + gradient checkpointing": {"bf16": True, "tf32": False, "gradient_checkpointing": True},
+    "fp32 + tf32 + gradient checkpointing": {"tf32": True, "gradient_checkpointing": True},
+}
+
+
+class Block(torch.nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = torch.nn.LayerNorm(dim)
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.norm2 = torch.nn.LayerNorm(dim)
+        self.fc1 = torch.nn.Linear(dim, 4 * dim)
+        self.fc2 = torch.nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        a = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        )
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+class TinyGPT(torch.nn.Module):
+    def __init__(self, vocab: int, dim: int, heads: int, layers: int, seq: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.pos = torch.nn.Parameter(torch.zeros(seq, dim))
+        self.blocks = torch.nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        x = self.embed(input_ids) + self.pos[: input_ids.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.norm(x))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten()
+            )
+        return out
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Random token sequences with a learnable rule (each token is the previous one plus one)."""
+
+    def __init__(self, n: int, seq: int, vocab: int):
+        g = torch.Generator().manual_seed(0)
+        start = torch.randint(0, vocab, (n, 1), generator=g)
+        self.ids = (start + torch.arange(seq)) % vocab
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class Probe:
+    """Times the steps after the warm-up and records what the configuration really did."""
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.start: float | None = None
+        self.end: float | None = None
+        self.timed_steps = 0
+        self.linear_dtypes: set[torch.dtype] = set()
+        self.tf32_seen: Any = None
+        self.fc1_calls = 0
+
+    def attach(self, model: TinyGPT) -> None:
+        block = model.blocks[0]
+        block.fc1.register_forward_hook(lambda m, i, o: self.linear_dtypes.add(o.dtype))
+        block.fc1.register_forward_hook(lambda *a: setattr(self, "fc1_calls", self.fc1_calls + 1))
+
+    @hookimpl
+    def on_step_end(self, state):
+        if state.global_step == self.warmup:
+            _sync()
+            self.start = time.perf_counter()
+            matmul = torch.backends.cuda.matmul
+            self.tf32_seen = getattr(matmul, "fp32_precision", None) or matmul.allow_tf32
+        elif self.start is not None:
+            _sync()
+            self.end = time.perf_counter()
+            self.timed_steps = state.global_step - self.warmup
+
+
+def run(name: str, precision: dict[str, Any], opts: argparse.Namespace, out_dir: str) -> dict[str, Any]:
+    model = TinyGPT(opts.vocab, opts.dim, opts.heads, opts.layers, opts.seq)
+    probe = Probe(opts.warmup)
+    probe.attach(model)
+    args = TrainingArguments(
+        output_dir=out_dir, report_to="none", save_strategy="no", disable_tqdm=True,
+        max_steps=opts.warmup + opts.steps, per_device_train_batch_size=opts.batch,
+        learning_rate=3e-4, warmup_steps=opts.warmup, logging_steps=opts.warmup + opts.steps,
+        dataloader_num_workers=0 if opts.cpu else 2, seed=0, use_cpu=opts.cpu, **precision,
+    )
+    if not opts.cpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens(opts.batch * (opts.warmup + opts.steps), opts.seq, opts.vocab),
+                      plugins=[probe])
+    result = trainer.train()
+    peak = float("nan") if opts.cpu else torch.cuda.max_memory_allocated()
+    seconds = (probe.end or 0.0) - (probe.start or 0.0)
+    steps = opts.warmup + opts.steps
+    problems = []
+    want = torch.float16 if precision.get("fp16") else torch.bfloat16 if precision.get("bf16") else torch.float32
+    if probe.linear_dtypes != {want}:
+        problems.append(f"Linear computed in {sorted(map(str, probe.linear_dtypes))}, expected {want}")
+    ckpt = precision.get("gradient_checkpointing", False)
+    if probe.fc1_calls != steps * (2 if ckpt else 1):
+        problems.append(f"fc1 ran {probe.fc1_calls} times in {steps} steps (checkpointing={ckpt})")
+    major = 0 if opts.cpu else torch.cuda.get_device_capability()[0]
+    tf32_on = probe.tf32_seen in (True, "tf32")
+    if major >= 8 and tf32_on != bool(precision.get("tf32")):
+        problems.append(f"TF32 switch during training was {probe.tf32_seen!r}")
+    if not math.isfinite(result.training_loss):
+        problems.append(f"training loss {result.training_loss}")
+    return {
+        "name": name,
+        "steps_per_s": probe.timed_steps / seconds if seconds > 0 else float("nan"),
+        "peak_mib": peak / 2**20,
+        "loss": result.training_loss,
+        "skipped": trainer.state.skipped_steps,
+        "dtype": ", ".join(sorted(str(d).replace("torch.", "") for d in probe.linear_dtypes)),
+        "tf32": probe.tf32_seen,
+        "problems": problems,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--only", nargs="*", default=None, help="configuration names to run")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (to test this script)")
+    opts = parser.parse_args(argv)
+    if opts.cpu:
+        print(f"CPU run (testing the script), torch {torch.__version__}")
+        bf16_ok = True
+    elif not torch.cuda.is_available():
+        print("skipped: no CUDA (torch.cuda.is_available() is False); nothing to check on this machine")
+        return 0
+    else:
+        cap = torch.cuda.get_device_capability()
+        print(f"{torch.cuda.get_device_name()} (compute capability {cap[0]}.{cap[1]}), torch {torch.__version__}, "
+              f"CUDA {torch.version.cuda}")
+        bf16_ok = cap[0] >= 8
+    print(f"model: {opts.layers} blocks, d={opts.dim}, {opts.heads} heads, vocab {opts.vocab}; batch {opts.batch} x "
+          f"{opts.seq} tokens; optim {TrainingArguments(output_dir='.').optim}; {opts.warmup} warm-up + "
+          f"{opts.steps} timed steps\n")
+    rows, failed = [], False
+    with tempfile.TemporaryDirectory() as out_dir:
+        for name, precision in CONFIGS.items():
+            if opts.only and name not in opts.only:
+                continue
+            if precision.get("bf16") and not bf16_ok:
+                rows.append({"name": name, "skipped": "no native bf16 on this GPU (needs Ampere or newer)"})
+                continue
+            try:
+                rows.append(run(name, precision, opts, out_dir))
+            except Exception as exc:  # report every configuration, fail at the end
+                rows.append({"name": name, "problems": [f"{type(exc).__name__}: {exc}"]})
+            sys.stdout.flush()
+    print("| configuration | steps/s | tokens/s | max_memory_allocated (MiB) | final loss | skipped steps "
+          "| Linear dtype | TF32 switch | check |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|")
+    for r in rows:
+        if isinstance(r.get("skipped"), str):
+            print(f"| {r['name']} | | | | | | | | skipped: {r['skipped']} |")
+            continue
+        if "steps_per_s" not in r:
+            print(f"| {r['name']} | | | | | | | | FAILED: {'; '.join(r['problems'])} |")
+            failed = True
+            continue
+        check = "ok" if not r["problems"] else "FAILED: " + "; ".join(r["problems"])
+        failed |= bool(r["problems"])
+        print(f"| {r['name']} | {r['steps_per_s']:.2f} | {r['steps_per_s'] * opts.batch * opts.seq:,.0f} "
+              f"| {r['peak_mib']:,.0f} | {r['loss']:.4f} | {r['skipped']} | {r['dtype']} | {r['tf32']} | {check} |")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
