@@ -1,0 +1,99 @@
+"""The example third-party save policy, installed for real and selected with ``save_strategy="walltime"``.
+
+``pip install --no-deps --target`` puts the distribution (with its entry point) in a folder; the
+runs are child processes with that folder on ``PYTHONPATH``, as for a user who installed it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "custom_save_policy"
+
+RUN = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from helpers import tiny_trainer_parts
+from hooktrain import Trainer, TrainingArguments
+args = TrainingArguments(output_dir=sys.argv[1], max_steps=int(sys.argv[2]), save_strategy="walltime",
+                         per_device_train_batch_size=4, report_to="none", disable_tqdm=True)
+trainer = Trainer(args=args, **tiny_trainer_parts(n=16))
+trainer.train(resume_from_checkpoint=sys.argv[3] == "resume" or None)
+"""
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The example installed with pip into its own folder (built from a copy: the source stays clean)."""
+    base = tmp_path_factory.mktemp("walltime")
+    source, target = base / "src", base / "site"
+    shutil.copytree(EXAMPLE, source)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--quiet", "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert list(target.glob("hooktrain_walltime-0.1.0.dist-info")), sorted(p.name for p in target.iterdir())
+    script = base / "run.py"
+    script.write_text(RUN.format(tests=str(ROOT / "tests")))
+    return target, script
+
+
+def run(installed, out: Path, max_steps: int, minutes: str, resume: bool = False) -> None:
+    target, script = installed
+    env = {k: v for k, v in os.environ.items() if k != "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD"}
+    env.update(PYTHONPATH=str(target), HOOKTRAIN_WALLTIME_MINUTES=minutes, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, str(script), str(out), str(max_steps), "resume" if resume else "fresh"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def steps(out: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+
+
+def walltime_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "plugin_state.json").read_text())["walltime"]
+
+
+def test_listed_by_hooktrain_plugins(installed):
+    target, _ = installed
+    env = {k: v for k, v in os.environ.items() if k != "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD"}
+    env["PYTHONPATH"] = str(target)
+    done = subprocess.run([sys.executable, "-m", "hooktrain", "plugins", "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    plugin = next(p for p in json.loads(done.stdout) if p["name"] == "walltime")
+    assert plugin["distribution"] == "hooktrain-walltime" and not plugin["builtin"]
+    assert "walltime" in json.dumps(plugin["registers"])
+
+
+def test_saves_at_the_end_and_restores_its_clock_on_resume(installed, tmp_path):
+    run(installed, tmp_path, max_steps=4, minutes="600")  # never due: only the save at train end
+    assert steps(tmp_path) == [4]
+    first = walltime_state(tmp_path / "checkpoint-4")
+    assert first["saves"] == 1 and first["interval_seconds"] == 600 * 60
+    assert first["training_seconds"] > 0
+
+    run(installed, tmp_path, max_steps=7, minutes="600", resume=True)
+    assert steps(tmp_path) == [4, 7]
+    second = walltime_state(tmp_path / "checkpoint-7")
+    assert second["saves"] == 2, "the save count came back from checkpoint-4"
+    assert second["training_seconds"] > first["training_seconds"], "the clock continued, not restarted"
+
+
+def test_a_short_interval_saves_after_every_step(installed, tmp_path):
+    run(installed, tmp_path, max_steps=3, minutes="0")
+    assert steps(tmp_path) == [1, 2, 3]
+    assert [walltime_state(tmp_path / f"checkpoint-{s}")["saves"] for s in (1, 2, 3)] == [1, 2, 3]
