@@ -34,7 +34,6 @@ class TrainerState:
     stop_reason: str | None = None
     nonfinite_steps: int = 0
     skipped_steps: int = 0
-    plugin_states: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

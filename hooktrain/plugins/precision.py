@@ -166,11 +166,8 @@ class GradScalerPlugin:
     the previous log) when there were any.
 
     The scaler is also ``trainer.grad_scaler``: the checkpoint plugin stores its state in every
-    checkpoint (``scaler.pt``) and restores it on every resume. Its JSON state is also this
-    plugin's ``plugin_state`` (key ``"grad_scaler"``), restored by ``load_plugin_state``.
+    checkpoint (``scaler.pt``) and restores it on every resume.
     """
-
-    key = "grad_scaler"
 
     def __init__(self, device_type: str):
         self.scaler = torch.amp.GradScaler(device_type)
@@ -203,17 +200,6 @@ class GradScalerPlugin:
         new = state.skipped_steps - self._logged_skips
         self._logged_skips = state.skipped_steps
         return {"skipped_steps": new} if new > 0 else None
-
-    @hookimpl
-    def plugin_state(self):
-        return self.key, dict(self.scaler.state_dict())
-
-    @hookimpl
-    def load_plugin_state(self, states):
-        saved = states.get(self.key)
-        if saved:
-            self.scaler.load_state_dict(dict(saved))
-            self._scale = None
 
 
 def _probe_mixed_precision(device: torch.device, dtype: torch.dtype, scaler: bool) -> str | None:
