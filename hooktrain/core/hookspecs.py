@@ -223,7 +223,7 @@ def on_train_end(
     state: TrainerState,
     status: Literal["completed", "stopped", "failed"],
 ) -> None:
-    """Training ended; every implementation runs even if one raises.
+    """Training ended; every implementation runs even if one raises (then ``train()`` raises the first error).
 
     :param trainer: the Trainer.
     :param args: the run's arguments.

@@ -244,7 +244,9 @@ class Trainer:
             pm.call_each("on_train_end", trainer=self, args=args, state=state, status="failed")
             raise
         metrics = self._summary(start, state.global_step - start_step)
-        pm.call_each("on_train_end", trainer=self, args=args, state=state, status=status)
+        errors = pm.call_each("on_train_end", trainer=self, args=args, state=state, status=status)
+        if errors:  # every plugin has finished its end of run; now the first failure surfaces
+            raise errors[0]
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
     def _epochs(self, loader: Any, len_dl: int, steps_per_epoch: int, epochs: int, max_steps: int) -> None:

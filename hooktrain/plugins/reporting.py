@@ -3,9 +3,11 @@
 Reads: report_to, run_name, report_errors, report_timeout. Active on the main process when
 ``report_to`` selects at least one reporter. Every reporter gets its own worker thread and its
 own bounded queue, so a slow or hung tracker never stalls a training step nor the other
-reporters. A reporter that raises is switched off with a warning naming it (``report_errors=
-"raise"`` makes that fatal instead); the others and the training go on. At the end each worker
-gets ``report_timeout`` seconds to finish, then is abandoned with a warning.
+reporters; each reporter's calls arrive in order. A reporter that raises is switched off with a
+warning naming it (``report_errors="raise"`` makes that fatal: the next log event raises
+:class:`ReporterError`); the others and the training go on. At the end the workers get
+``report_timeout`` seconds (together) to finish, then are abandoned with a warning. Logs outside
+``train()`` (a standalone ``evaluate()``) are reported as a short run of their own.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from hooktrain.core.markers import hookimpl
 
 logger = logging.getLogger("hooktrain")
 
-QUEUE_SIZE = 10_000
+QUEUE_SIZE = 10_000  # events per reporter; beyond that new events are dropped (with a warning)
+BATCH_SECONDS = 0.05  # a worker takes its queued events in batches, at most this often
 _STOP = object()
 
 
@@ -40,9 +43,17 @@ def selected_names(report_to: list[str], registry: Any) -> list[str]:
             continue
         if name == "all":
             names += [n for n in registry.names() if _available(registry, n)]
-        elif name not in names:
+        else:
             names.append(name)
-    return list(dict.fromkeys(names))
+    # one reporter per factory: an alias (``comet_ml`` for ``comet``) must not open a second run
+    chosen: dict[str, None] = {}
+    factories: list[Any] = []
+    for name in names:
+        factory = registry.factory(name)
+        if name not in chosen and factory not in factories:
+            chosen[name] = None
+            factories.append(factory)
+    return list(chosen)
 
 
 def _available(registry: Any, name: str) -> bool:
@@ -79,50 +90,75 @@ class _Worker:
         self.thread = threading.Thread(target=self._run, name=f"hooktrain-report-{label}", daemon=True)
         self.thread.start()
 
-    def put(self, hook_name: str, kwargs: dict[str, Any]) -> None:
+    def put(self, hook_name: str, kwargs: dict[str, Any], timeout: float | None = None) -> None:
+        """Queue a call; drop it (with one warning) when the queue stays full past *timeout*."""
         if self.error is not None or hook_name not in self.impls:
             return
         try:
-            self.queue.put_nowait((hook_name, kwargs))
+            if timeout is None:
+                self.queue.put_nowait((hook_name, kwargs))
+            else:
+                self.queue.put((hook_name, kwargs), timeout=max(0.0, timeout))
         except queue.Full:
             self.dropped += 1
             if self.dropped == 1:
-                logger.warning("reporter %s is not keeping up; dropping its events", self.label)
+                logger.warning("reporter %r is not keeping up; dropping its events", self.label)
 
     def _run(self) -> None:
+        get, get_nowait = self.queue.get, self.queue.get_nowait
         while True:
-            item = self.queue.get()
-            if item is _STOP:
-                return
-            hook_name, kwargs = item
-            if self.error is not None:
-                continue
-            impl = self.impls[hook_name]
+            batch = [get()]  # wait for work, then take everything queued meanwhile
             try:
-                impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception as exc:
-                self.error = exc
-                logger.warning(
-                    "reporter %s failed in %s (%s: %s); it is switched off for the rest of the run",
-                    self.label, hook_name, type(exc).__name__, exc,
-                )
+                while len(batch) < 1000:
+                    batch.append(get_nowait())
+            except queue.Empty:
+                pass
+            for item in batch:
+                if item is _STOP:
+                    return
+                self._call(*item)
+            # Let the next events pile up instead of waking up for each one: waking this thread
+            # per event costs the training thread two handovers of the interpreter lock.
+            time.sleep(BATCH_SECONDS)
 
-    def stop(self, deadline: float) -> bool:
-        """Ask the worker to finish; wait until *deadline*. False when it had to be abandoned."""
+    def _call(self, hook_name: str, kwargs: dict[str, Any]) -> None:
+        if self.error is not None:
+            return
+        impl = self.impls[hook_name]
+        try:
+            impl.function(*[kwargs[a] for a in impl.argnames])
+        except Exception as exc:
+            self.error = exc
+            logger.warning(
+                "reporter %r failed in %s (%s: %s); it is switched off for the rest of the run",
+                self.label, hook_name, type(exc).__name__, exc,
+            )
+
+    def close(self, deadline: float) -> None:
+        """Queue the end of the worker (after what is queued); wait for room until *deadline*."""
         try:
             self.queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
         except queue.Full:
-            return False
+            pass
+
+    def join(self, deadline: float) -> bool:
+        """Wait until *deadline* for the worker to finish. False when it had to be abandoned."""
         self.thread.join(max(0.0, deadline - time.monotonic()))
         return not self.thread.is_alive()
 
 
 class ReportingBridge:
-    """Feeds every ``report_*`` implementation from ``on_train_begin`` / ``on_log`` / ``on_train_end``."""
+    """Feeds every ``report_*`` implementation from ``on_train_begin`` / ``on_log`` / ``on_train_end``.
+
+    A run is open from ``on_train_begin`` to ``on_train_end``. Logs outside ``train()`` (a
+    ``trainer.evaluate()`` before or after training) open a short run of their own that
+    ``on_evaluate`` closes, so nothing is left unflushed.
+    """
 
     def __init__(self, args: Any):
         self.args = args
         self.workers: list[_Worker] = []
+        self._standalone = False  # the open run belongs to an evaluate() outside train()
 
     def _start(self, trainer: Any) -> None:
         pm = trainer.plugin_manager
@@ -131,56 +167,78 @@ class ReportingBridge:
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 entry = by_plugin.setdefault(id(impl.plugin), (impl.plugin, {}))
                 entry[1][hook_name] = impl
-        self.workers = [_Worker(pm.get_name(p) or repr(p), impls) for p, impls in by_plugin.values()]
+        self.workers = [_Worker(_label(pm, p), impls) for p, impls in by_plugin.values()]
         args = self.args
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_name = args.run_name or f"{os.path.basename(os.path.abspath(args.output_dir))}-{stamp}"
         self._put("report_run_start", run_name=run_name, config=args.to_dict())
 
     def _put(self, hook_name: str, **kwargs: Any) -> None:
-        self._raise_if_fatal()
-        for worker in self.workers:
+        workers = self.workers
+        for i, worker in enumerate(workers):
+            if i:  # every reporter gets its own dicts: one that changes them affects nobody else
+                kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
             worker.put(hook_name, kwargs)
+        self._raise_if_fatal()  # after: the healthy reporters still get this event
 
     def _raise_if_fatal(self) -> None:
         if self.args.report_errors != "raise":
             return
         for worker in self.workers:
             if worker.error is not None:
-                raise ReporterError(f"reporter {worker.label} failed: {worker.error!r}") from worker.error
+                raise ReporterError(f"reporter {worker.label!r} failed: {worker.error!r}") from worker.error
+
+    def _end(self, status: str) -> None:
+        """Queue ``report_run_end``, then give every worker until one shared deadline to finish."""
+        workers, self.workers = self.workers, []
+        self._standalone = False
+        deadline = time.monotonic() + self.args.report_timeout
+        for worker in workers:  # every worker first gets its end, then all finish in parallel
+            worker.put("report_run_end", {"status": status}, timeout=deadline - time.monotonic())
+            worker.close(deadline)
+        for worker in workers:
+            if not worker.join(deadline):
+                logger.warning(
+                    "reporter %r did not finish within report_timeout=%ss; abandoned",
+                    worker.label, self.args.report_timeout,
+                )
+        if status != "failed":
+            self.workers = workers
+            try:
+                self._raise_if_fatal()
+            finally:
+                self.workers = []
 
     @hookimpl
     def on_train_begin(self, trainer):
+        if self.workers:  # an evaluate() run was left open: close it first
+            self._end("completed")
         self._start(trainer)
 
     @hookimpl
     def on_log(self, trainer, state, logs):
         if not self.workers:
+            self._standalone = True
             self._start(trainer)
         scalars = namespaced(logs)
         if scalars:
             self._put("report_scalars", scalars=scalars, step=state.global_step)
 
     @hookimpl
+    def on_evaluate(self):
+        if self._standalone and self.workers:
+            self._end("completed")
+
+    @hookimpl
     def on_train_end(self, status):
-        if not self.workers:
-            return
-        for worker in self.workers:
-            worker.put("report_run_end", {"status": status})
-        deadline = time.monotonic() + self.args.report_timeout
-        for worker in self.workers:
-            if not worker.stop(deadline):
-                logger.warning(
-                    "reporter %s did not finish within report_timeout=%ss; abandoned",
-                    worker.label, self.args.report_timeout,
-                )
-        workers, self.workers = self.workers, []
-        if self.args.report_errors == "raise" and status != "failed":
-            self.workers = workers
-            try:
-                self._raise_if_fatal()
-            finally:
-                self.workers = []
+        if self.workers:
+            self._end(status)
+
+
+def _label(pm: Any, plugin: Any) -> str:
+    """The name a warning uses for a reporter: ``tensorboard`` for ``reporter.tensorboard``."""
+    name = pm.get_name(plugin) or repr(plugin)
+    return name[len("reporter."):] if name.startswith("reporter.") else name
 
 
 @hookimpl

@@ -1,0 +1,555 @@
+"""The reporting bridge end to end: a real Trainer, the real trackers (offline), read back.
+
+Every run here goes through ``Trainer.train()``; what each tracker stored is read back with
+its own reader (``tests/readback.py``) and compared with ``state.log_history``: the exact
+series and steps, the params, the run name and the end status. Around that: a reporter that
+raises, one that is slow, one that hangs at the end, an installed third-party reporter,
+``report_to="all"`` and a missing tracker library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from hooktrain import HooktrainError, Trainer, TrainingArguments, hookimpl
+from hooktrain.plugins.reporting import ReporterError
+
+try:
+    from tests.helpers import tiny_trainer_parts, tracker_series
+    from tests.readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
+except ImportError:  # tests/ is a rootdir, not a package
+    from helpers import tiny_trainer_parts, tracker_series
+    from readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
+
+REPO = Path(__file__).resolve().parents[1]
+FOUR = ["tensorboard", "wandb", "comet", "mlflow"]
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def make_args(out: Path, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(out), run_name="run-e2e", max_steps=6, logging_steps=2,
+        eval_strategy="steps", eval_steps=3, per_device_train_batch_size=4,
+        save_strategy="no", disable_tqdm=True, learning_rate=0.05, report_to=["tensorboard"],
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def merged(series: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """*series* with repeated identical points merged (wandb keeps one row per step, mlflow
+    one point per identical (step, value, time))."""
+    out: list[tuple[int, float]] = []
+    for point in series:
+        if point not in out:
+            out.append(point)
+    return out
+
+
+def assert_same_scalars(got: dict, expected: dict, rel: float, merge: bool = False) -> None:
+    assert sorted(got) == sorted(expected)
+    for key, points in expected.items():
+        want = merged(points) if merge else points
+        assert same_series(got[key], want, rel=rel), (key, got[key], want)
+
+
+def read_wandb_finished(root: Path, timeout: float = 20.0) -> dict:
+    """The wandb run under *root*, once its exit record is on disk.
+
+    ``run.finish()`` has returned when the reporter is done, but wandb-core (a separate
+    process) may still be writing the tail of the ``.wandb`` log for a moment.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        run = read_wandb(root)
+        if run["exit_code"] is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)
+
+
+def read_all(out: Path, run_name: str) -> dict[str, dict]:
+    """Each tracker's run, read from where the reporters write by default."""
+    return {
+        "tensorboard": read_tensorboard(out / "runs"),
+        "wandb": read_wandb_finished(out),
+        "comet": read_comet(out / "comet"),
+        "mlflow": read_mlflow(f"sqlite:///{out / 'mlflow.db'}", run_name),
+    }
+
+
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory):
+    """An MLflow SQLite store with its schema and the "hooktrain" experiment created once.
+
+    Creating the schema takes seconds; each test copies this file to ``<output_dir>/mlflow.db``,
+    where the reporter's default store is, and only opens it.
+    """
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").create_experiment("hooktrain")
+    return path
+
+
+def with_mlflow_store(out: Path, template: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, out / "mlflow.db")
+
+
+class Recorder:
+    """A reporter plugin object: remembers every call; optionally raises on call *fail_on* or sleeps."""
+
+    def __init__(self, name: str = "recorder", fail_on: int | None = None, delay: float = 0.0):
+        self.name = name
+        self.fail_on = fail_on
+        self.delay = delay
+        self.calls: list[tuple] = []
+        self.threads: set[str] = set()
+
+    def _call(self, *record) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.calls.append(record)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_on is not None and len(self.calls) == self.fail_on:
+            raise RuntimeError(f"{self.name} broke on call {self.fail_on}")
+
+    @hookimpl
+    def report_run_start(self, run_name, config):
+        self._call("start", run_name, config["learning_rate"])
+
+    @hookimpl
+    def report_scalars(self, scalars, step):
+        self._call("scalars", step, dict(scalars))
+
+    @hookimpl
+    def report_run_end(self, status):
+        self._call("end", status)
+
+    def series(self) -> dict[str, list[tuple[int, float]]]:
+        out: dict[str, list[tuple[int, float]]] = {}
+        for call in self.calls:
+            if call[0] == "scalars":
+                for key, value in call[2].items():
+                    out.setdefault(key, []).append((call[1], value))
+        return out
+
+
+class Registers:
+    """A plugin that registers a reporter name whose factory returns *reporter* (or is *factory*)."""
+
+    def __init__(self, name: str, reporter: object = None, factory=None):
+        self.reporter_name = name
+        self.factory = factory or (lambda args: reporter)
+
+    @hookimpl
+    def register_reporters(self, register):
+        register(self.reporter_name, self.factory)
+
+
+class FailAt:
+    """Raises in ``on_step_end`` at *step* (a crashing run)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    @hookimpl
+    def on_step_end(self, state):
+        if state.global_step == self.step:
+            raise RuntimeError(f"crash at step {self.step}")
+
+
+class StopAt:
+    """Answers ``should_stop`` at *step* (a stopped run)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    @hookimpl
+    def should_stop(self, state):
+        return f"enough at {self.step}" if state.global_step >= self.step else None
+
+
+def reporter_warnings(caplog, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # never share our wandb-core
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *(p for p in [extra.pop("PYTHONPATH", "")] if p)])
+    env.update(extra)
+    return env
+
+
+# ---- the four trackers, end to end ----------------------------------------------------------
+
+
+def test_four_trackers_record_the_exact_run(chdir_tmp, mlflow_db):
+    out = chdir_tmp / "out"
+    with_mlflow_store(out, mlflow_db)
+    trainer = Trainer(args=make_args(out, report_to=FOUR), **tiny_trainer_parts())
+    result = trainer.train()
+    assert result.global_step == 6
+
+    history = trainer.state.log_history
+    expected = tracker_series(history)
+    # the series the issue names, spelt out: train/loss at the logging steps, eval/loss at the eval steps
+    assert [s for s, _ in expected["train/loss"]] == [2, 4, 6]
+    assert [s for s, _ in expected["eval/loss"]] == [3, 6]
+    assert expected["train/loss"] == [(e["step"], e["loss"]) for e in history if "loss" in e]
+    assert expected["eval/loss"] == [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    for key in ("train/learning_rate", "train/grad_norm", "train/epoch", "train/train_loss", "eval/runtime"):
+        assert key in expected
+
+    runs = read_all(out, "run-e2e")
+    tb, wb, cm, ml = runs["tensorboard"], runs["wandb"], runs["comet"], runs["mlflow"]
+    # scalars: TensorBoard stores float32; wandb and mlflow keep one row per repeated point
+    assert_same_scalars(tb["scalars"], expected, rel=1e-6)
+    assert_same_scalars(cm["scalars"], expected, rel=1e-12)
+    assert_same_scalars(wb["scalars"], expected, rel=1e-12, merge=True)
+    assert_same_scalars(ml["scalars"], expected, rel=1e-12, merge=True)
+
+    # run name
+    assert {name: run["run_name"] for name, run in runs.items()} == dict.fromkeys(FOUR, "run-e2e")
+    # params: the full config, as each tracker stores it
+    config = trainer.args.to_dict()
+    assert tb["params"] == json.loads(json.dumps(config, default=str))
+    assert tb["hparams"]["learning_rate"] == pytest.approx(0.05) and tb["hparams"]["max_steps"] == 6
+    assert wb["params"]["learning_rate"] == 0.05 and wb["params"]["report_to"] == FOUR
+    assert set(wb["params"]) == set(config)
+    assert cm["params"]["learning_rate"] == 0.05 and cm["params"]["max_steps"] == 6
+    assert ml["params"]["learning_rate"] == "0.05" and ml["params"]["run_name"] == "run-e2e"
+    assert set(ml["params"]) == set(config)
+    # end status
+    assert tb["status"] == "completed" and tb["hparams_status"] == "STATUS_SUCCESS"
+    assert wb["status"] == "completed" and wb["exit_code"] == 0
+    assert cm["status"] == "completed"
+    assert ml["status"] == "FINISHED"
+
+
+@pytest.mark.parametrize("ending", ["failed", "stopped"])
+def test_end_status_of_a_failed_and_a_stopped_run(chdir_tmp, mlflow_db, ending):
+    out = chdir_tmp / ending
+    with_mlflow_store(out, mlflow_db)
+    plugin = FailAt(3) if ending == "failed" else StopAt(3)
+    trainer = Trainer(
+        args=make_args(out, run_name=f"run-{ending}", report_to=FOUR, eval_strategy="no"),
+        plugins=[plugin], **tiny_trainer_parts(),
+    )
+    if ending == "failed":
+        with pytest.raises(RuntimeError, match="crash at step 3"):
+            trainer.train()
+    else:
+        assert trainer.train().global_step == 3
+    runs = read_all(out, f"run-{ending}")
+
+    # what was logged before the end is there, and was flushed
+    loss = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    assert loss and loss[0][0] == 2
+    for name, run in runs.items():
+        assert same_series(run["scalars"]["train/loss"], loss, rel=1e-6), name
+        assert run["run_name"] == f"run-{ending}"
+    tb, wb, cm, ml = runs["tensorboard"], runs["wandb"], runs["comet"], runs["mlflow"]
+    assert tb["status"] == cm["status"] == wb["status"] == ending
+    assert wb["exit_code"] == 1
+    if ending == "failed":
+        assert tb["hparams_status"] == "STATUS_FAILURE" and ml["status"] == "FAILED"
+    else:
+        assert ml["status"] == "KILLED"
+
+
+def test_report_to_all_selects_every_importable_reporter_once(chdir_tmp, mlflow_db):
+    out = chdir_tmp / "all"
+    with_mlflow_store(out, mlflow_db)
+    # a registered reporter whose library is "not installed": its module's available() says no
+    missing = types.ModuleType("hooktrain_test_missing_tracker")
+    missing.available = lambda: False
+
+    def factory(args):
+        raise AssertionError("report_to='all' must not build a reporter whose library is missing")
+
+    factory.__module__ = missing.__name__
+    sys.modules[missing.__name__] = missing
+    extra = Recorder("extra")
+    try:
+        plugins = [Registers("missing", factory=factory), Registers("extra", extra)]
+        trainer = Trainer(args=make_args(out, run_name="run-all", report_to="all", max_steps=2,
+                                         eval_strategy="no"), plugins=plugins, **tiny_trainer_parts())
+    finally:
+        del sys.modules[missing.__name__]
+    pm = trainer.plugin_manager
+    selected = sorted(n for n, _ in pm.list_name_plugin() if n.startswith("reporter."))
+    # comet_ml is an alias of comet: one comet run, not two
+    assert selected == ["reporter.comet", "reporter.extra", "reporter.mlflow", "reporter.tensorboard",
+                        "reporter.wandb"]
+    trainer.train()
+    loss = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    assert [s for s, _ in loss] == [2]
+    runs = read_all(out, "run-all")
+    for name, run in runs.items():
+        assert same_series(run["scalars"]["train/loss"], loss, rel=1e-6), name
+    assert len(list((out / "comet").glob("*.zip"))) == 1
+    assert extra.calls[0] == ("start", "run-all", 0.05) and extra.calls[-1] == ("end", "completed")
+
+
+# ---- isolation: a failing, a slow and a hanging reporter ------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["plugin_object", "registered"])
+def test_a_failing_reporter_is_switched_off_and_the_others_get_everything(chdir_tmp, caplog, how):
+    out = chdir_tmp / "out"
+    flaky = Recorder("flaky", fail_on=3)
+    if how == "plugin_object":  # a reporter passed to the Trainer directly
+        plugins, report_to = [flaky], ["tensorboard"]
+    else:  # a reporter registered by name and selected with report_to
+        plugins, report_to = [Registers("flaky", flaky)], ["flaky", "tensorboard"]
+    trainer = Trainer(args=make_args(out, report_to=report_to, max_steps=8, logging_steps=1),
+                      plugins=plugins, **tiny_trainer_parts())
+    with caplog.at_level(logging.WARNING, logger="hooktrain"):
+        result = trainer.train()
+
+    assert result.global_step == 8  # the training went on
+    warnings = reporter_warnings(caplog, "flaky")
+    assert len(warnings) == 1, caplog.text
+    assert "switched off" in warnings[0] and "broke on call 3" in warnings[0]
+    # it got exactly its three calls: nothing more once switched off
+    assert [c[0] for c in flaky.calls] == ["start", "scalars", "scalars"]
+    assert flaky.threads and threading.current_thread().name not in flaky.threads
+    # the healthy reporter beside it has every scalar and the end status
+    tb = read_tensorboard(out / "runs")
+    assert_same_scalars(tb["scalars"], tracker_series(trainer.state.log_history), rel=1e-6)
+    assert tb["status"] == "completed"
+
+
+class Slow:
+    """Makes each training step take a little time (so the bridge's worker surely runs meanwhile)."""
+
+    @hookimpl
+    def on_step_end(self):
+        time.sleep(0.01)
+
+
+def test_report_errors_raise_makes_a_failing_reporter_fatal(chdir_tmp):
+    out = chdir_tmp / "out"
+    flaky = Recorder("flaky", fail_on=3)
+    trainer = Trainer(
+        args=make_args(out, report_to=["flaky", "tensorboard"], report_errors="raise", max_steps=40,
+                       logging_steps=1, eval_strategy="no"),
+        plugins=[Registers("flaky", flaky), Slow()], **tiny_trainer_parts(),
+    )
+    with pytest.raises(ReporterError, match="flaky") as info:
+        trainer.train()
+    assert isinstance(info.value, HooktrainError)
+    assert "broke on call 3" in str(info.value)
+    assert trainer.state.global_step < 40  # fatal during the training, not after it
+    tb = read_tensorboard(out / "runs")
+    assert tb["status"] == "failed"
+    # what was logged before the failure still reached the healthy reporter
+    assert_same_scalars(tb["scalars"], tracker_series(trainer.state.log_history), rel=1e-6)
+
+
+def test_report_errors_raise_makes_a_failing_run_end_fatal_after_training(chdir_tmp):
+    out = chdir_tmp / "out"
+
+    class FailsAtEnd(Recorder):
+        @hookimpl
+        def report_run_end(self, status):
+            raise RuntimeError("cannot close the run")
+
+    trainer = Trainer(args=make_args(out, report_to=["tensorboard"], report_errors="raise", max_steps=4),
+                      plugins=[FailsAtEnd("closer")], **tiny_trainer_parts())
+    with pytest.raises(ReporterError, match="cannot close the run"):
+        trainer.train()
+    assert trainer.state.global_step == 4  # the training itself completed
+    assert read_tensorboard(out / "runs")["status"] == "completed"  # the healthy reporter was closed
+
+
+def test_a_slow_reporter_does_not_slow_the_training_steps(chdir_tmp):
+    out = chdir_tmp / "out"
+    slow = Recorder("slow", delay=0.2)
+    stamps: list[float] = []
+
+    class Stamps:
+        @hookimpl
+        def on_train_begin(self):
+            stamps.append(time.perf_counter())
+
+        @hookimpl
+        def on_step_end(self):
+            stamps.append(time.perf_counter())
+
+    trainer = Trainer(args=make_args(out, report_to="none", max_steps=8, logging_steps=1, eval_steps=4),
+                      plugins=[slow, Stamps()], **tiny_trainer_parts())
+    begin = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - begin
+
+    n_calls = len(slow.calls)
+    assert n_calls == 1 + 8 + 2 + 1 + 1  # start, 8 training logs, 2 evaluations, summary, end
+    sleeping = 0.2 * n_calls
+    steps = stamps[-1] - stamps[0]  # from on_train_begin to the last step
+    # the steps ran while the reporter slept: eleven 0.2 s calls were due before the last step
+    assert steps < 0.2 * 3, (steps, sleeping)
+    # train() waited for it at the end (flush), and everything arrived, in order
+    assert total >= sleeping - 0.05
+    assert slow.series() == tracker_series(trainer.state.log_history)
+    assert slow.calls[0] == ("start", "run-e2e", 0.05) and slow.calls[-1] == ("end", "completed")
+
+
+def test_a_reporter_hanging_at_the_end_is_abandoned_after_report_timeout(chdir_tmp, caplog):
+    out = chdir_tmp / "out"
+    release = threading.Event()
+
+    class Hang(Recorder):
+        @hookimpl
+        def report_run_end(self, status):
+            self._call("end", status)
+            release.wait(60)  # a tracker that never answers
+
+    hang = Hang("hang")
+    trainer = Trainer(args=make_args(out, report_to=["tensorboard"], report_timeout=1.0),
+                      plugins=[hang], **tiny_trainer_parts())
+    try:
+        with caplog.at_level(logging.WARNING, logger="hooktrain"):
+            begin = time.perf_counter()
+            result = trainer.train()
+            elapsed = time.perf_counter() - begin
+    finally:
+        release.set()
+    assert result.global_step == 6
+    assert 1.0 <= elapsed < 8.0, elapsed
+    warnings = reporter_warnings(caplog, "report_timeout")
+    assert len(warnings) == 1 and "'hang'" in warnings[0] and "abandoned" in warnings[0]
+    assert hang.calls[-1] == ("end", "completed")
+    tb = read_tensorboard(out / "runs")
+    assert tb["status"] == "completed"
+    assert_same_scalars(tb["scalars"], tracker_series(trainer.state.log_history), rel=1e-6)
+
+
+def test_evaluate_outside_train_gets_its_own_finished_run(chdir_tmp):
+    out = chdir_tmp / "out"
+    rec = Recorder("rec")
+    trainer = Trainer(args=make_args(out, report_to="none", max_steps=2, eval_strategy="no"),
+                      plugins=[rec], **tiny_trainer_parts())
+    trainer.evaluate()
+    trainer.train()
+    trainer.evaluate()
+    runs: list[list[tuple]] = []
+    for call in rec.calls:
+        if call[0] == "start":
+            runs.append([])
+        runs[-1].append(call[:2] if call[0] != "scalars" else (call[0], call[1], sorted(call[2])))
+    assert len(runs) == 3, rec.calls
+    eval_keys = ["eval/loss", "eval/runtime", "eval/samples_per_second", "eval/steps_per_second", "train/epoch"]
+    assert runs[0] == [("start", "run-e2e"), ("scalars", 0, eval_keys), ("end", "completed")]
+    assert runs[1][0] == ("start", "run-e2e") and runs[1][-1] == ("end", "completed")
+    assert runs[2] == [("start", "run-e2e"), ("scalars", 2, eval_keys), ("end", "completed")]
+
+
+# ---- a third-party reporter, installed; a missing tracker library -------------------------------
+
+
+def test_installed_custom_reporter_is_selected_by_name(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(REPO / "examples" / "custom_reporter", source)  # build outside the repository
+    site = tmp_path / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--quiet", "--disable-pip-version-check", "--target", str(site), str(source)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        from helpers import tiny_trainer_parts
+        from hooktrain import Trainer, TrainingArguments
+        from hooktrain.__main__ import main
+        args = TrainingArguments(output_dir={str(out)!r}, run_name="csv-run", report_to=["csv"],
+                                 max_steps=4, logging_steps=1, eval_strategy="steps", eval_steps=2,
+                                 save_strategy="no", disable_tqdm=True, per_device_train_batch_size=4)
+        trainer = Trainer(args=args, **tiny_trainer_parts())
+        trainer.train()
+        print("HISTORY", json.dumps(trainer.state.log_history))
+        sys.stdout.flush()
+        main(["plugins"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=subprocess_env(PYTHONPATH=str(site)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    history_line = next(line for line in proc.stdout.splitlines() if line.startswith("HISTORY "))
+    history = json.loads(history_line[len("HISTORY "):])
+    # `hooktrain plugins` shows the plugin, its distribution and the reporter name it registers
+    listing = proc.stdout[proc.stdout.index("\n", proc.stdout.index("HISTORY ")):]
+    assert "hooktrain-csv 0.1.0" in listing and "reporters: csv" in listing, listing
+
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,name,value"
+    got: dict[str, list[tuple[int, float]]] = {}
+    for row in rows[1:]:
+        step, name, value = row.split(",")
+        got.setdefault(name, []).append((int(step), float(value)))
+    expected = tracker_series(history)
+    assert got == expected
+    assert [s for s, _ in got["train/loss"]] == [1, 2, 3, 4] and [s for s, _ in got["eval/loss"]] == [2, 4]
+    assert json.loads((out / "run.json").read_text()) == {"run_name": "csv-run", "status": "completed"}
+
+
+def test_a_missing_tracker_library_is_an_error_naming_the_extra(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("wandb", "comet_ml", "mlflow"):
+            sys.modules[name] = None  # as if these were not installed
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        from helpers import tiny_trainer_parts
+        from hooktrain import PluginLoadError, Trainer, TrainingArguments
+
+        def args(report_to):
+            return TrainingArguments(output_dir={str(tmp_path / 'out')!r}, report_to=report_to,
+                                     max_steps=1, save_strategy="no", disable_tqdm=True)
+        try:
+            Trainer(args=args(["tensorboard", "wandb"]), **tiny_trainer_parts())
+        except PluginLoadError as exc:
+            print("ERROR", exc)
+        trainer = Trainer(args=args("all"), **tiny_trainer_parts())
+        print("ALL", sorted(n for n, _ in trainer.plugin_manager.list_name_plugin() if n.startswith("reporter.")))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=subprocess_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("ERROR", "ALL")))
+    assert 'pip install "hooktrain[wandb]"' in lines["ERROR"] and "wandb" in lines["ERROR"]
+    # report_to="all" quietly leaves out what is not installed
+    assert lines["ALL"] == "['reporter.tensorboard']"
+
+
+def test_a_nan_loss_is_reported_as_nan(chdir_tmp):
+    """A NaN loss is reported as NaN (not dropped, not turned into a string)."""
+    out = chdir_tmp / "out"
+    rec = Recorder("rec")
+
+    def nan_loss(model, batch):
+        return model(**batch)["loss"] * float("nan")
+
+    trainer = Trainer(args=make_args(out, report_to="none", max_steps=2, logging_steps=1, eval_strategy="no",
+                                     logging_nan_inf_filter=False),
+                      plugins=[rec], compute_loss=nan_loss, **tiny_trainer_parts())
+    trainer.train()
+    losses = rec.series()["train/loss"]
+    assert [s for s, _ in losses] == [1, 2] and all(math.isnan(v) for _, v in losses)
