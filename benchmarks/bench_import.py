@@ -29,7 +29,7 @@ def main() -> None:
     for _ in range(reps):
         torch_only.append(timed("import torch"))
         both.append(timed("import torch, hooktrain"))
-    deltas = [b - t for b, t in zip(both, torch_only)]
+    deltas = [b - t for b, t in zip(both, torch_only, strict=True)]
     loaded = subprocess.run(
         [sys.executable, "-c", f"import sys, hooktrain; print([m for m in {HEAVY!r} if m in sys.modules])"],
         capture_output=True, text=True, check=True,

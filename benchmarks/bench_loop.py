@@ -97,7 +97,7 @@ def hooktrain_loop(data) -> list[float]:
 
 
 def per_step(stamps: list[float]) -> float:
-    gaps = [b - a for a, b in zip(stamps[20:], stamps[21:])]
+    gaps = [b - a for a, b in zip(stamps[20:], stamps[21:], strict=False)]
     return statistics.median(gaps)
 
 

@@ -36,6 +36,8 @@ def load_task(spec: str, base: Path) -> Callable[..., dict[str, Any]]:
             raise SystemExit(f"cannot load task file {path}")
         module = importlib.util.module_from_spec(module_spec)
         sys.path.insert(0, str(path.parent))
+        # registered like an imported module, so dataclasses, pickling and DataLoader workers find it
+        sys.modules[module_spec.name] = module
         module_spec.loader.exec_module(module)
     else:
         module = importlib.import_module(target)
@@ -61,7 +63,7 @@ def cmd_train(argv: Sequence[str]) -> int:
     args = parse_args(list(argv[1:]), defaults=values)
     build = load_task(task, config_path.parent)
     trainer = Trainer(args=args, **build(args))
-    result = trainer.train()
+    result = trainer.train()  # resumes when args.resume_from_checkpoint says so ("true" = newest)
     trainer.save_model()
     trainer.save_state()
     print_summary(trainer, result)
@@ -79,14 +81,14 @@ def print_summary(trainer: Any, result: Any) -> None:
         lines.append(f"stopped early: {state.stop_reason}")
     evals = [e for e in state.log_history if "eval_loss" in e]
     if evals:
-        final = {k: round(v, 4) for k, v in evals[-1].items() if k.startswith("eval_") and "per_second" not in k}
+        final = {k: round(v, 4) for k, v in evals[-1].items() if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
         lines.append(f"last evaluation (step {evals[-1]['step']}): {final}")
     if state.best_global_step is not None:
         lines.append(
             f"best: step {state.best_global_step} with {args.metric_for_best_model} = {state.best_metric:.4f}"
             + (" (weights loaded into the model)" if args.load_best_model_at_end else "")
         )
-    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    checkpoints = [p.name for p in sorted(out.glob("checkpoint-*"), key=lambda p: (len(p.name), p.name))]
     lines.append(f"model:        {out}  (model.safetensors, training_args.json)")
     lines.append(f"checkpoints:  {', '.join(checkpoints) or 'none'}  (list them: hooktrain checkpoints {out})")
     if "tensorboard" in args.report_to or "all" in args.report_to:

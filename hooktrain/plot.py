@@ -1,13 +1,22 @@
-"""``hooktrain plot OUTPUT_DIR``: training curves from ``trainer_state.json`` into a PNG (matplotlib)."""
+"""``hooktrain plot OUTPUT_DIR``: training curves from ``trainer_state.json`` into a PNG (matplotlib).
+
+Up to three panels: training and evaluation loss (log scale when the loss spans more than a decade
+and a half), the learning rate, and every evaluation metric other than the loss (panels with
+nothing to show are left out). A dashed line marks
+the best step; the best value of ``metric_for_best_model`` gets a star. For people without a
+tracker UI: ``hooktrain plot out/digits`` writes ``out/digits/training.png``.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 _NOT_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+_LOG_SCALE_RATIO = 30.0  # max/min of the loss beyond which the loss panel uses a log scale
 
 
 def find_state(output_dir: str | Path) -> Path:
@@ -26,8 +35,33 @@ def find_state(output_dir: str | Path) -> Path:
 
 
 def series(log_history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [(e["step"], e[key]) for e in log_history if isinstance(e.get(key), (int, float))]
+    """``(steps, values)`` of *key* in the log history (entries without it are skipped)."""
+    points = [
+        (e["step"], e[key])
+        for e in log_history
+        if isinstance(e.get(key), (int, float)) and not isinstance(e.get(key), bool)
+    ]
     return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def _wants_log_scale(values: list[float]) -> bool:
+    finite = [v for v in values if math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > _LOG_SCALE_RATIO
+
+
+def _best_metric_key(state: dict[str, Any], history: list[dict[str, Any]], metric_keys: list[str]) -> str | None:
+    """The eval key whose value at the best step equals ``best_metric`` (the ranked metric)."""
+    best_step, best = state.get("best_global_step"), state.get("best_metric")
+    if best_step is None or not isinstance(best, (int, float)):
+        return None
+    for entry in history:
+        if entry.get("step") != best_step:
+            continue
+        for key in ("eval_loss", *metric_keys):
+            value = entry.get(key)
+            if isinstance(value, (int, float)) and math.isclose(value, best, rel_tol=1e-9, abs_tol=1e-12):
+                return key
+    return None
 
 
 def plot(output_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -42,31 +76,62 @@ def plot(output_dir: str | Path, out: str | Path | None = None) -> Path:
     state = json.loads(find_state(output_dir).read_text(encoding="utf-8"))
     history = state.get("log_history", [])
     metric_keys = sorted({k for e in history for k in e if k.startswith("eval_") and k not in _NOT_METRICS})
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    ax = axes[0]
+    best_step = state.get("best_global_step")
+    ranked = _best_metric_key(state, history, metric_keys)
+
+    lr_steps, lr_values = series(history, "learning_rate")
+    panels = ["loss"] + (["lr"] if lr_steps else []) + (["metrics"] if metric_keys else [])
+    fig, axes_row = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
+    axes = dict(zip(panels, axes_row[0], strict=True))
+
+    ax = axes["loss"]
+    all_losses: list[float] = []
     for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
         steps, values = series(history, key)
         if steps:
             ax.plot(steps, values, marker="o" if key == "eval_loss" else None, ms=3, label=label)
-    ax.set(title="loss", xlabel="step")
-    ax.legend()
-    steps, values = series(history, "learning_rate")
-    axes[1].plot(steps, values, color="tab:green")
-    axes[1].set(title="learning rate", xlabel="step")
-    axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    for key in metric_keys:
-        steps, values = series(history, key)
-        axes[2].plot(steps, values, marker="o", ms=3, label=key[5:])
-    best = state.get("best_global_step")
-    if best is not None:
-        for a in axes:
-            a.axvline(best, color="grey", ls="--", lw=0.8)
-        axes[2].text(best, axes[2].get_ylim()[0], f" best @ {best}", color="grey", va="bottom")
-    axes[2].set(title="eval metrics", xlabel="step")
-    if metric_keys:
-        axes[2].legend()
-    for a in axes:
+            all_losses += values
+    if _wants_log_scale(all_losses):
+        ax.set_yscale("log")
+    ax.set(title="loss" + (" (log scale)" if ax.get_yscale() == "log" else ""), xlabel="step")
+    if all_losses:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", color="grey",
+                transform=ax.transAxes)
+
+    if "lr" in axes:
+        axes["lr"].plot(lr_steps, lr_values, color="tab:green")
+        axes["lr"].set(title="learning rate", xlabel="step")
+        axes["lr"].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+
+    if "metrics" in axes:
+        ax = axes["metrics"]
+        for key in metric_keys:
+            steps, values = series(history, key)
+            ax.plot(steps, values, marker="o", ms=3, label=key[5:])
+        ax.set(title="eval metrics", xlabel="step")
+        ax.legend()
+
+    if best_step is not None:
+        for a in axes.values():
+            a.axvline(best_step, color="grey", ls="--", lw=0.8)
+        target = axes["loss"] if ranked == "eval_loss" else axes.get("metrics")
+        if ranked is not None and target is not None:
+            target.plot([best_step], [state["best_metric"]], marker="*", ms=13, color="gold",
+                        markeredgecolor="black", zorder=5, ls="none",
+                        label=f"best {ranked[5:]} {state['best_metric']:.4g} @ {best_step}")
+            target.legend()
+    for a in axes.values():
         a.grid(alpha=0.3)
+
+    title = Path(output_dir).resolve().name
+    final = state.get("global_step")
+    if final is not None:
+        title += f" - {final} steps"
+    if state.get("stop_reason"):
+        title += " (stopped early)"
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(out) if out else Path(output_dir) / "training.png"
     fig.savefig(path, dpi=110)

@@ -278,7 +278,8 @@ class TrainingArguments:
         False, "checkpoint", "Allow training into an output_dir that already holds checkpoints "
         "without resuming from them.")
     resume_from_checkpoint: str | None = _arg(
-        None, "checkpoint", "Checkpoint directory to resume from when train() is not given one.")
+        None, "checkpoint", "Checkpoint to resume from when train() is not given one: a "
+        "checkpoint directory, or 'true' for the newest valid one in output_dir.")
     restore_callback_states_from_checkpoint: bool = _arg(
         True, "checkpoint", "On resume, restore plugin states (early-stopping counter, best "
         "metric...) from the checkpoint.")

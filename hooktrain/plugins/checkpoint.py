@@ -824,6 +824,8 @@ class CheckpointStore:
         args = trainer.args
         if checkpoint is None:
             checkpoint = args.resume_from_checkpoint
+        if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "latest", "last"):
+            checkpoint = True  # resume_from_checkpoint: true in a config, or on the command line
         if checkpoint is None or checkpoint is False:
             return None
         if _is_writer(trainer):

@@ -1,0 +1,231 @@
+"""The examples, run as a user runs them: ``python -m hooktrain train CONFIG.yaml ...`` in a subprocess.
+
+Short modes keep the file well under two minutes: digits for 2 epochs (and once in full, where
+the ≥ 95 % accuracy of the README is checked), tiny_gpt's CI size with a real SIGKILL and a
+resume, hf_model's CI size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def hooktrain_train(config: Path, *flags: str, env: dict[str, str] | None = None,
+                    timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m hooktrain train CONFIG FLAGS...`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "hooktrain", "train", str(config), *flags],
+        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def check_ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-6000:]}"
+    return proc.stdout
+
+
+def read_state(output_dir: Path) -> dict[str, Any]:
+    return json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def checkpoint_steps(output_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*") if p.is_dir())
+
+
+def losses(state: dict[str, Any]) -> list[tuple[int, str, float]]:
+    return [(e["step"], k, e[k]) for e in state["log_history"] for k in ("loss", "eval_loss") if k in e]
+
+
+# ---- digits: the main job --------------------------------------------------------------------
+
+
+def test_digits_smoke_summary_and_artefacts(tmp_path):
+    out = tmp_path / "digits"
+    stdout = check_ok(hooktrain_train(
+        EXAMPLES / "digits/config.yaml", "--num_train_epochs", "2", "--output_dir", str(out)))
+
+    # the summary says where everything is
+    for line in ("finished: 90 steps", "last evaluation (step 90)", "best: step", "checkpoints:",
+                 "tensorboard:", "mlflow:", "plot:"):
+        assert line in stdout, f"{line!r} missing from the summary:\n{stdout}"
+    assert "eval_accuracy" in stdout
+    assert f"sqlite:///{out.resolve()}/mlflow.db" in stdout
+
+    # checkpoints (one per epoch), the final model, the state and the plot
+    assert checkpoint_steps(out) == [45, 90]
+    for name in ("model.safetensors", "trainer_state.json", "training_args.json"):
+        assert (out / name).is_file()
+        assert (out / "checkpoint-90" / name).is_file()
+    png = out / "training.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    state = read_state(out)
+    assert [e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e][-1] > 0.8
+
+    # TensorBoard holds the run's scalars
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file under {out / 'runs'}"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/loss" in tags and "eval/accuracy" in tags, tags
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [45, 90]
+
+    # mlflow's embedded store holds a finished run with the same metrics
+    with sqlite3.connect(out / "mlflow.db") as db:
+        runs = db.execute("SELECT run_uuid, status FROM runs").fetchall()
+        assert len(runs) == 1 and runs[0][1] == "FINISHED", runs
+        steps = db.execute(
+            "SELECT step FROM metrics WHERE key = 'eval/accuracy' AND run_uuid = ? ORDER BY step",
+            (runs[0][0],)).fetchall()
+        assert [s for (s,) in steps] == [45, 90]
+        params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (runs[0][0],)))
+        assert params["learning_rate"] == "0.002"
+
+
+def test_digits_full_run_reaches_95_percent_and_keeps_the_best(tmp_path):
+    """The main job as the README runs it (only output_dir differs)."""
+    import torch
+
+    out = tmp_path / "digits"
+    stdout = check_ok(hooktrain_train(EXAMPLES / "digits/config.yaml", "--output_dir", str(out)))
+    state = read_state(out)
+    assert state["best_metric"] >= 0.95, stdout
+    assert f"best: step {state['best_global_step']} with accuracy" in stdout
+    # early stopping ended the run before the 20 epochs (900 steps) of the config
+    assert state["stop_reason"].startswith("early stopping") and state["global_step"] < 900
+    # save_total_limit=2 keeps the best and the newest
+    assert checkpoint_steps(out) == sorted({state["best_global_step"], state["global_step"]})
+
+    # the saved model is the best one: evaluate it independently of the trainer
+    sys.path.insert(0, str(EXAMPLES / "digits"))
+    try:
+        import task as digits
+    finally:
+        sys.path.remove(str(EXAMPLES / "digits"))
+        sys.modules.pop("task", None)
+    from safetensors.torch import load_file
+
+    model = digits.MLP()
+    model.load_state_dict(load_file(out / "model.safetensors"))
+    model.eval()
+    _, evaluation = digits.load_splits()
+    with torch.no_grad():
+        predicted = model(evaluation.pixels)["logits"].argmax(-1)
+    accuracy = (predicted == evaluation.labels).float().mean().item()
+    assert accuracy == pytest.approx(state["best_metric"], abs=1e-6)
+    assert accuracy >= 0.95
+
+
+def test_digits_overrides_from_the_command_line(tmp_path):
+    out = tmp_path / "digits"
+    stdout = check_ok(hooktrain_train(
+        EXAMPLES / "digits/config.yaml", "--max_steps", "20", "--report_to", "none",
+        "--disable_tqdm", "--output_dir", str(out)))
+    assert "finished: 20 steps" in stdout
+    assert "tensorboard:" not in stdout and "mlflow:" not in stdout
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["max_steps"] == 20 and args["report_to"] in ([], ["none"])
+    assert not (out / "mlflow.db").exists()
+
+
+def _setup_is_current() -> bool:
+    """Whether scripts/setup.sh would do nothing (its stamp matches): then the README's commands are cheap."""
+    import hashlib
+
+    stamp = ROOT / ".venv" / ".hooktrain-setup"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "scripts/setup.sh").read_bytes())
+    return stamp.is_file() and stamp.read_text().strip() == digest.hexdigest()
+
+
+@pytest.mark.skipif(not _setup_is_current(), reason="run scripts/setup.sh first (bash scripts/test.sh does)")
+def test_readme_main_job_command(tmp_path):
+    """``bash scripts/main-job.sh`` as the README gives it, with flags appended."""
+    out = tmp_path / "digits"
+    proc = subprocess.run(
+        ["bash", "scripts/main-job.sh", "--num_train_epochs", "1", "--report_to", "none", "--disable_tqdm",
+         "--output_dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    stdout = check_ok(proc)
+    assert "finished: 45 steps" in stdout and "setup:" not in proc.stderr  # set up already: nothing installed
+    assert (out / "checkpoint-45" / "model.safetensors").is_file()
+
+
+def test_digits_rejects_a_misspelt_flag(tmp_path):
+    proc = hooktrain_train(EXAMPLES / "digits/config.yaml", "--num_train_epoch", "2",
+                           "--output_dir", str(tmp_path))
+    assert proc.returncode != 0
+    assert "--num_train_epochs" in proc.stderr  # the suggestion
+
+
+# ---- tiny_gpt: accumulation, cosine + warmup, bf16, gradient checkpointing, kill and resume ----
+
+
+def test_tiny_gpt_smoke_kill_and_resume(tmp_path):
+    config = EXAMPLES / "tiny_gpt/smoke.yaml"
+    quiet = {"TINY_GPT_SAMPLE": "0"}
+
+    # an uninterrupted run: the reference (it also prints a generated sample at the end)
+    whole = tmp_path / "whole"
+    proc = hooktrain_train(config, "--output_dir", str(whole))
+    check_ok(proc)
+    assert "[tiny_gpt] sample after step 12:\ndef " in proc.stderr
+    reference = read_state(whole)
+    assert reference["global_step"] == 12
+    args = json.loads((whole / "training_args.json").read_text())
+    assert args["bf16"] and args["gradient_checkpointing"] and args["gradient_accumulation_steps"] == 2
+    assert args["lr_scheduler_type"] == "cosine" and args["warmup_ratio"] > 0
+    lrs = [e["learning_rate"] for e in reference["log_history"] if "learning_rate" in e]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < len(lrs) - 1 and lrs[-1] < lrs[peak] / 10  # warmup, then cosine decay
+
+    # the same run, SIGKILLed right after step 7: checkpoints 3 and 6 survive, nothing else
+    run = tmp_path / "run"
+    killed = hooktrain_train(config, "--output_dir", str(run), env={**quiet, "TINY_GPT_KILL_AT_STEP": "7"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "simulated crash: SIGKILL at step 7" in killed.stderr
+    assert checkpoint_steps(run) == [3, 6]
+    assert not (run / "trainer_state.json").exists()
+
+    # resume from the newest checkpoint: the run ends exactly like the uninterrupted one
+    resumed = hooktrain_train(config, "--output_dir", str(run), "--resume_from_checkpoint", "true", env=quiet)
+    check_ok(resumed)
+    assert "resumed from" in resumed.stderr or "checkpoint-6" in resumed.stderr
+    state = read_state(run)
+    assert state["global_step"] == 12
+    assert losses(state) == losses(reference)
+
+
+# ---- hf_model: a transformers model through hooktrain -------------------------------------------
+
+
+def test_hf_model_smoke(tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    proc = hooktrain_train(EXAMPLES / "hf_model/smoke.yaml", "--output_dir", str(out),
+                           env={"HF_HUB_OFFLINE": "1"})
+    stdout = check_ok(proc)
+    assert "from_pretrained gives the same weights: True" in proc.stderr
+    assert (out / "hf_model" / "config.json").is_file()
+    state = read_state(out)
+    assert state["global_step"] == 48
+    accuracies = [e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e]
+    assert len(accuracies) == 3
+    assert accuracies[-1] > max(0.2, accuracies[0])  # it learns (chance is 0.1)
+    assert f"best: step {state['best_global_step']} with accuracy" in stdout
+    config = json.loads((out / "hf_model" / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
