@@ -439,7 +439,7 @@ def rotate_checkpoints(
     deletable = [path for path in ours if path.name not in keep]
     doomed = deletable[: max(0, len(ours) - limit)]
     for path in doomed:
-        logger.info("deleting %s (save_total_limit=%d)", path, limit)
+        logger.debug("deleting %s (save_total_limit=%d)", path, limit)
         _remove_dir(path)
     return doomed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -41,17 +42,37 @@ class ConsoleLog:
             print(line, file=sys.stderr, flush=True)
 
 
+class _AboveTheBar(logging.Handler):
+    """Writes hooktrain's log messages above the bar instead of through it."""
+
+    def __init__(self, bar: Any, formatter: logging.Formatter | None):
+        super().__init__()
+        self.bar = bar
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.bar.write(self.format(record), file=sys.stderr)
+
+
 class ProgressBar:
     """A tqdm bar over optimizer steps: step count, loss, LR, ETA."""
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
 
     @hookimpl
     def on_train_begin(self, state):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", dynamic_ncols=True)
+        logger = logging.getLogger("hooktrain")
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                above = _AboveTheBar(tqdm, handler.formatter)
+                logger.removeHandler(handler)
+                logger.addHandler(above)
+                self._swapped.append((handler, above))
 
     @hookimpl
     def on_step_end(self):
@@ -59,6 +80,11 @@ class ProgressBar:
 
     @hookimpl
     def on_train_end(self):
+        logger = logging.getLogger("hooktrain")
+        for handler, above in self._swapped:
+            logger.removeHandler(above)
+            logger.addHandler(handler)
+        self._swapped = []
         if self.bar is not None:
             self.bar.close()
             self.bar = None
