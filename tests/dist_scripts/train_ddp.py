@@ -1,0 +1,138 @@
+"""A tiny training run for tests/test_distributed.py: launched by torchrun, or alone as the reference.
+
+    python tests/dist_scripts/train_ddp.py '<json config>'
+
+Config keys (all optional but ``out``): ``out`` output dir, ``batch`` per-device batch size,
+``steps`` max_steps, ``ga`` gradient accumulation, ``dropout`` (bool), ``eval`` (evaluate at the
+last step and after train()), ``report_to``, ``save_steps`` (0 = no checkpoints), ``resume``,
+``ddp_timeout``, and the faults: ``kill_at`` / ``raise_at`` / ``stall_at`` (a step) on rank
+``fault_rank`` (default 1): SIGKILL itself, raise ``RuntimeError``, or sleep 300 s there.
+
+Each process writes ``<out>/result_rank<R>.json``: its final weights, log history and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+from hooktrain import Trainer, TrainingArguments, hookimpl
+
+N_TRAIN, N_EVAL, DIM = 48, 13, 6
+
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, DIM, generator=g)
+        self.y = torch.sin(self.x.sum(dim=1)) + 0.1 * torch.randn(n, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, dropout: float):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(DIM, 16), torch.nn.Tanh(), torch.nn.Dropout(dropout), torch.nn.Linear(16, 1)
+        )
+
+    def forward(self, x, labels=None):
+        logits = self.net(x).squeeze(-1)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.mse_loss(logits, labels)
+        return out
+
+
+class Faults:
+    """Fault injection at the end of an optimizer step on one rank."""
+
+    name = "test.faults"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    @hookimpl
+    def on_step_end(self, trainer, state):
+        cfg, step = self.cfg, state.global_step
+        if trainer.process_index != cfg.get("fault_rank", 1):
+            return
+        if cfg.get("kill_at") == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if cfg.get("raise_at") == step:
+            raise RuntimeError(f"injected failure on rank {trainer.process_index} at step {step}")
+        if cfg.get("stall_at") == step:
+            time.sleep(300)
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(0)
+    model = MLP(0.2 if cfg.get("dropout") else 0.0)
+    eval_ds = Data(N_EVAL, seed=2)
+    save_steps = cfg.get("save_steps", 0)
+
+    def compute_metrics(pred):
+        preds, labels = pred
+        return {
+            "mse": float(np.mean((preds - labels) ** 2)),
+            "n": float(len(preds)),
+            "in_order": float(np.array_equal(labels, eval_ds.y.numpy())),
+        }
+
+    args = TrainingArguments(
+        output_dir=cfg["out"],
+        per_device_train_batch_size=cfg.get("batch", 4),
+        per_device_eval_batch_size=4,
+        gradient_accumulation_steps=cfg.get("ga", 1),
+        max_steps=cfg.get("steps", 8),
+        learning_rate=0.02,
+        warmup_steps=0,
+        logging_steps=1,
+        seed=7,
+        eval_strategy="steps" if cfg.get("eval") else "no",
+        eval_steps=cfg.get("steps", 8),
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        report_to=cfg.get("report_to", "none"),
+        disable_tqdm=True,
+        ddp_timeout=cfg.get("ddp_timeout", 60),
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=Data(N_TRAIN, seed=1), eval_dataset=eval_ds,
+        compute_metrics=compute_metrics, plugins=[Faults(cfg)],
+    )
+    result = trainer.train(resume_from_checkpoint=cfg.get("resume") or None)
+    after = trainer.evaluate() if cfg.get("eval") else None
+    out = {
+        "rank": trainer.process_index,
+        "pid": os.getpid(),
+        "world_size": trainer.world_size,
+        "local_rank": trainer.local_process_index,
+        "wrapped": type(trainer.model_wrapped).__name__,
+        "weights": {k: v.tolist() for k, v in trainer.model.state_dict().items()},
+        "log_history": trainer.state.log_history,
+        "training_loss": result.training_loss,
+        "eval_after_train": after,
+    }
+    os.makedirs(cfg["out"], exist_ok=True)
+    path = os.path.join(cfg["out"], f"result_rank{trainer.process_index}.json")
+    with open(path, "w") as fp:
+        json.dump(out, fp)
+
+
+if __name__ == "__main__":
+    main()
