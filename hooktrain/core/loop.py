@@ -221,11 +221,14 @@ class Trainer:
         state.eval_steps = resolve_steps(args.eval_steps, max_steps)
         state.stop_reason = None
         self._losses = LossWindow(args.logging_nan_inf_filter)
+        self._pending_losses = self._losses.pending
         self._last_logged = self._last_saved = state.global_step
         self._call = {n: pm.fast_caller(n) for n in (
             "on_step_begin", "on_step_end", "training_step", "backward", "optimizer_step",
             "should_save", "should_stop")}
         self._no_sync = getattr(self.model_wrapped, "no_sync", None)
+        self._log_every = state.logging_steps if args.logging_strategy == "steps" else 0
+        self._eval_every = state.eval_steps if args.eval_strategy == "steps" else 0
         status, start, start_step = "failed", time.time(), state.global_step
         try:
             hook.on_train_begin(trainer=self, args=args, state=state)
@@ -285,22 +288,31 @@ class Trainer:
     def _step(self, batches: Iterator[Any], window: int, epoch: int, seen: int, len_dl: int) -> bool:
         """One optimizer step over *window* micro-batches; False when there was no data."""
         args, state, call, model = self.args, self.state, self._call, self.model_wrapped
-        micro = list(islice(batches, window))
-        if not micro:
+        micro = [next(batches, None)] if window == 1 else list(islice(batches, window))
+        if not micro or micro[0] is None:
             return False
-        n, on_device = len(micro), self.device.type != "cpu"
+        n = len(micro)
         call["on_step_begin"](trainer=self, args=args, state=state)
-        losses = []
-        for i, batch in enumerate(micro):
-            if on_device:
-                batch = to_device(batch, self.device)
-            # gradients are all-reduced (DDP) only on the last micro-batch of the window
-            with self._no_sync() if i < n - 1 and self._no_sync else nullcontext():
-                loss = call["training_step"](trainer=self, model=model, batch=batch)
-                call["backward"](trainer=self, loss=loss / n if n > 1 else loss)
-            losses.append(loss.detach())
+        if n == 1:  # the common case, kept lean: this is the per-step hot path
+            batch = micro[0] if self.device.type == "cpu" else to_device(micro[0], self.device)
+            loss = call["training_step"](trainer=self, model=model, batch=batch)
+            call["backward"](trainer=self, loss=loss)
+            step_loss = loss.detach()
+        else:
+            losses = []
+            for i, batch in enumerate(micro):
+                if self.device.type != "cpu":
+                    batch = to_device(batch, self.device)
+                # gradients are all-reduced (DDP) only on the last micro-batch of the window
+                with self._no_sync() if i < n - 1 and self._no_sync else nullcontext():
+                    loss = call["training_step"](trainer=self, model=model, batch=batch)
+                    call["backward"](trainer=self, loss=loss / n)
+                losses.append(loss.detach())
+            step_loss = torch.stack(losses).mean()
         gs = state.global_step + 1
-        self._log_due = self._is_log_step(gs)
+        self._log_due = bool(self._log_every and gs % self._log_every == 0) or (
+            gs == 1 and args.logging_first_step
+        )
         outcome: StepOutcome = call["optimizer_step"](
             trainer=self, model=model, optimizer=self.optimizer, need_grad_norm=self._log_due
         )
@@ -310,18 +322,14 @@ class Trainer:
         elif self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._losses.add(losses[0] if n == 1 else torch.stack(losses).mean())
+        self._pending_losses.append(step_loss)
+        if len(self._pending_losses) >= 4096:  # logging off or rare: bound the memory
+            self._losses.fold()
         self._grad_norm = outcome.grad_norm
         state.global_step = gs
         state.epoch = epoch + (seen + n) / len_dl if len_dl != sys.maxsize else float(epoch)
         call["on_step_end"](trainer=self, args=args, state=state)
         return True
-
-    def _is_log_step(self, step: int) -> bool:
-        args = self.args
-        return (step == 1 and args.logging_first_step) or (
-            args.logging_strategy == "steps" and step % self.state.logging_steps == 0
-        )
 
     def _after_step(self, max_steps: int) -> bool:
         """The step's log, evaluation, save and stop decision; True to end the epoch."""
@@ -330,12 +338,13 @@ class Trainer:
         if self._log_due:
             self._log_training()
         metrics = None
-        if args.eval_strategy == "steps" and gs >= args.eval_delay and (
-            gs % state.eval_steps == 0 or last
-        ):
+        if self._eval_every and gs >= args.eval_delay and (gs % self._eval_every == 0 or last):
             metrics = self.evaluate()
-        self._maybe_save(metrics, "step")
-        self._maybe_stop(metrics)
+        if self._call["should_save"](trainer=self, args=args, state=state, metrics=metrics, trigger="step"):
+            self._save_once()
+        reason = self._call["should_stop"](trainer=self, args=args, state=state, metrics=metrics)
+        if reason:
+            self._stop(reason)
         return last or state.stop_reason is not None
 
     def _after_epoch(self) -> None:
@@ -350,11 +359,12 @@ class Trainer:
             self._maybe_stop(metrics)
 
     def _maybe_save(self, metrics: dict[str, float] | None, trigger: str) -> None:
-        state = self.state
-        wanted = self._call["should_save"](
-            trainer=self, args=self.args, state=state, metrics=metrics, trigger=trigger
-        )
-        if wanted and self._last_saved != state.global_step:
+        if self._call["should_save"](trainer=self, args=self.args, state=self.state, metrics=metrics,
+                                     trigger=trigger):
+            self._save_once()
+
+    def _save_once(self) -> None:
+        if self._last_saved != self.state.global_step:
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Any:
@@ -368,11 +378,13 @@ class Trainer:
         return path
 
     def _maybe_stop(self, metrics: dict[str, float] | None) -> None:
+        reason = self._call["should_stop"](trainer=self, args=self.args, state=self.state, metrics=metrics)
+        if reason:
+            self._stop(reason)
+
+    def _stop(self, reason: str) -> None:
         state = self.state
-        reason = self._call["should_stop"](
-            trainer=self, args=self.args, state=state, metrics=metrics
-        )
-        if reason and not state.stop_reason:
+        if not state.stop_reason:
             state.stop_reason = str(reason)
             logger.info("stopping at step %d: %s", state.global_step, reason)
             self.log({"stop_reason": state.stop_reason})

@@ -10,22 +10,22 @@ class LossWindow:
 
     def __init__(self, filter_nonfinite: bool):
         self.filter_nonfinite = filter_nonfinite
-        self._pending: list[torch.Tensor] = []
+        self.pending: list[torch.Tensor] = []  # the loop appends each step's loss (a 0-d tensor)
         self.total_loss = 0.0  # sum of the per-step losses of every closed window (this train() call)
         self.total_steps = 0
         self.total_nonfinite = 0
 
-    def add(self, step_loss: torch.Tensor) -> None:
-        self._pending.append(step_loss)
-        if len(self._pending) >= 4096:  # logging off or rare: fold to bound memory
-            self._pending = [torch.stack(self._pending).float().reshape(-1)]
+    def fold(self) -> None:
+        """Concatenate the pending losses into one tensor, to bound memory when logs are rare."""
+        folded = torch.cat([t.float().reshape(-1) for t in self.pending])
+        self.pending[:] = [folded]
 
     def close(self) -> tuple[float, int, int]:
         """Return ``(mean loss, steps, non-finite steps)`` of the window and start a new one."""
-        if not self._pending:
+        if not self.pending:
             return float("nan"), 0, 0
-        losses = torch.cat([t.float().reshape(-1) for t in self._pending]).cpu()
-        self._pending = []
+        losses = torch.cat([t.float().reshape(-1) for t in self.pending]).cpu()
+        self.pending.clear()
         finite = torch.isfinite(losses)
         steps = losses.numel()
         nonfinite = int(steps - int(finite.sum()))
