@@ -553,3 +553,37 @@ def test_a_nan_loss_is_reported_as_nan(chdir_tmp):
     trainer.train()
     losses = rec.series()["train/loss"]
     assert [s for s, _ in losses] == [1, 2] and all(math.isnan(v) for _, v in losses)
+
+
+def test_report_checkpoints_stores_each_checkpoint_as_an_artifact(chdir_tmp):
+    import zipfile
+
+    from mlflow.tracking import MlflowClient
+
+    out = chdir_tmp / "out"
+    trainer = Trainer(
+        args=make_args(out, report_to=["mlflow", "comet", "wandb"], report_checkpoints=True,
+                       save_strategy="steps", save_steps=3, save_total_limit=1),
+        **tiny_trainer_parts(),
+    )
+    trainer.train()
+    # mlflow: every checkpoint, stored beside the embedded store (rotation deleted the local copy)
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    run = read_mlflow(f"sqlite:///{out / 'mlflow.db'}", "run-e2e")
+    stored = {a.path for a in client.list_artifacts(run["run_id"])}
+    assert stored == {"checkpoint-3", "checkpoint-6"}
+    files = {a.path for a in client.list_artifacts(run["run_id"], "checkpoint-3")}
+    assert "checkpoint-3/model.safetensors" in files and "checkpoint-3/manifest.json" in files
+    assert (out / "mlflow-artifacts").is_dir() and not (chdir_tmp / "mlruns").exists()
+    # comet: the offline archive holds the checkpoint files as a model
+    archive = max((out / "comet").glob("*.zip"), key=os.path.getmtime)
+    with zipfile.ZipFile(archive) as z:
+        messages = [json.loads(line) for line in z.read("messages.json").decode().splitlines() if line.strip()]
+    uploads = [m for m in messages if m.get("type") == "file_upload" or "file_upload" in json.dumps(m)[:200]]
+    assert any("model.safetensors" in json.dumps(m) for m in uploads)
+    # wandb: the run completed normally with the artifacts logged (no reporter was switched off)
+    wb = read_wandb(out)
+    assert wb["status"] == "completed"
+    assert [s for s, _ in wb["scalars"]["train/loss"]] == [2, 4, 6]
+    record = Path(wb["file"]).read_bytes()  # the run's log records the artifacts and their aliases
+    assert b"checkpoint-3" in record and b"checkpoint-6" in record and b"-checkpoints" in record

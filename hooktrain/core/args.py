@@ -255,6 +255,9 @@ class TrainingArguments:
         "stops training.", choices=REPORT_ERRORS)
     report_timeout: float = _arg(
         30.0, "reporting", "Seconds the reporters may take to flush at the end of training.")
+    report_checkpoints: bool = _arg(
+        False, "reporting", "Also store every checkpoint as an artifact in the trackers that keep "
+        "files (wandb, comet, mlflow).")
 
     # ---------------------------------------------------------------- checkpoint
     save_strategy: str = _arg(

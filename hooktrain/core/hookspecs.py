@@ -62,6 +62,7 @@ __all__ = [
     "resume_checkpoint",
     "report_run_start",
     "report_scalars",
+    "report_artifact",
     "report_run_end",
 ]
 
@@ -480,6 +481,20 @@ def report_scalars(scalars: dict[str, float], step: int) -> None:
 
     :param scalars: name to value.
     :param step: the global optimizer step.
+    """
+
+
+@hookspec
+def report_artifact(path: str, name: str, step: int) -> None:
+    """Store the directory *path* (a checkpoint) in your tracker as the artifact *name*.
+
+    Called only when ``report_checkpoints=True``, after each checkpoint is complete; the save
+    waits (up to ``report_timeout``) until every reporter has stored it, so rotation cannot
+    delete it meanwhile.
+
+    :param path: the checkpoint directory.
+    :param name: the artifact's name (``checkpoint-N``).
+    :param step: the global step of the checkpoint.
     """
 
 

@@ -116,6 +116,9 @@ class _Worker:
             for item in batch:
                 if item is _STOP:
                     return
+                if isinstance(item, threading.Event):  # the bridge waits for what came before
+                    item.set()
+                    continue
                 self._call(*item)
             # Let the next events pile up instead of waking up for each one: waking this thread
             # per event costs the training thread two handovers of the interpreter lock.
@@ -163,7 +166,7 @@ class ReportingBridge:
     def _start(self, trainer: Any) -> None:
         pm = trainer.plugin_manager
         by_plugin: dict[int, tuple[Any, dict[str, Any]]] = {}
-        for hook_name in ("report_run_start", "report_scalars", "report_run_end"):
+        for hook_name in ("report_run_start", "report_scalars", "report_artifact", "report_run_end"):
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 entry = by_plugin.setdefault(id(impl.plugin), (impl.plugin, {}))
                 entry[1][hook_name] = impl
@@ -223,6 +226,25 @@ class ReportingBridge:
         scalars = namespaced(logs)
         if scalars:
             self._put("report_scalars", scalars=scalars, step=state.global_step)
+
+    @hookimpl
+    def on_save(self, state, checkpoint_dir):
+        """With ``report_checkpoints``: store the checkpoint, waiting until every reporter has it."""
+        if not self.args.report_checkpoints or not self.workers:
+            return
+        name = os.path.basename(os.fspath(checkpoint_dir))
+        self._put("report_artifact", path=os.fspath(checkpoint_dir), name=name, step=state.global_step)
+        deadline = time.monotonic() + self.args.report_timeout
+        done = []
+        for worker in self.workers:
+            if "report_artifact" in worker.impls and worker.error is None:
+                event = threading.Event()
+                worker.queue.put(event)
+                done.append((worker, event))
+        for worker, event in done:
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                logger.warning("reporter %r is still storing %s after report_timeout=%ss; going on",
+                               worker.label, name, self.args.report_timeout)
 
     @hookimpl
     def on_evaluate(self):

@@ -106,6 +106,11 @@ class CometReporter:
             self.experiment.log_metrics(scalars, step=step)
 
     @hookimpl
+    def report_artifact(self, path: str, name: str, step: int) -> None:
+        if self.experiment is not None:
+            self.experiment.log_model(name, path)
+
+    @hookimpl
     def report_run_end(self, status: str) -> None:
         experiment, self.experiment = self.experiment, None
         if experiment is None:

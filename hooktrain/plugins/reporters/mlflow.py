@@ -29,6 +29,7 @@ import os
 import posixpath
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from hooktrain.core.errors import PluginLoadError
@@ -163,6 +164,11 @@ class MlflowReporter:
             self.flush()
 
     @hookimpl
+    def report_artifact(self, path: str, name: str, step: int) -> None:
+        if self.client is not None:
+            self.client.log_artifacts(self.run_id, path, artifact_path=name)
+
+    @hookimpl
     def report_run_end(self, status: str) -> None:
         if self.client is None:
             return
@@ -187,8 +193,12 @@ class MlflowReporter:
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is not None:
             return experiment.experiment_id
+        location = None
+        db = _sqlite_path(self.tracking_uri)
+        if db is not None:  # artifacts beside the embedded store, not in ./mlruns of the CWD
+            location = Path(os.path.dirname(os.path.abspath(db)), "mlflow-artifacts").as_uri()
         try:
-            return client.create_experiment(self.experiment_name)
+            return client.create_experiment(self.experiment_name, artifact_location=location)
         except Exception:  # created concurrently by another process: take that one
             experiment = client.get_experiment_by_name(self.experiment_name)
             if experiment is None:

@@ -89,6 +89,16 @@ class WandbReporter:
         self.run.log(dict(scalars), step=step)
 
     @hookimpl
+    def report_artifact(self, path: str, name: str, step: int) -> None:
+        if self.run is None:
+            return
+        artifact = self._wandb.Artifact(name=f"{self.run.id}-checkpoints", type="model")
+        artifact.add_dir(path)  # copies the files to wandb's staging area
+        logged = self.run.log_artifact(artifact, aliases=[name, "latest"])
+        if not getattr(self.run, "offline", False):
+            logged.wait()  # online: uploaded before rotation may delete the checkpoint
+
+    @hookimpl
     def report_run_end(self, status: str) -> None:
         run, self.run = self.run, None
         if run is None:
