@@ -92,6 +92,7 @@ DEFAULTS = {
     "logging_dir": (None, "reporting"),
     "report_errors": ("warn", "reporting"),
     "report_timeout": (30.0, "reporting"),
+    "report_checkpoints": (False, "reporting"),
     "save_strategy": ("steps", "checkpoint"),
     "save_steps": (500, "checkpoint"),
     "save_total_limit": (None, "checkpoint"),
