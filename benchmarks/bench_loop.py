@@ -9,6 +9,7 @@ loading, the step, the scheduler and every hook are included. Repetitions altern
 hooktrain / raw; the reported figure is the median of the paired ratios.
 
     python benchmarks/bench_loop.py [--pairs 7]
+    python benchmarks/bench_loop.py --tiny     # the loop's own Python cost, in µs per step
 """
 
 from __future__ import annotations
@@ -96,6 +97,67 @@ def hooktrain_loop(data) -> list[float]:
     return stamps
 
 
+class TinyData(torch.utils.data.Dataset):
+    """For ``--tiny``: a workload so small that the per-step Python cost is what is measured."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(4096, 2, generator=g)
+        self.y = torch.randint(0, 2, (4096,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+
+    def forward(self, x, labels):
+        return {"loss": torch.nn.functional.cross_entropy(self.lin(x), labels)}
+
+
+def raw_tiny(data) -> list[float]:
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(0))
+    stamps = []
+    for batch in torch.utils.data.DataLoader(data, batch_size=1, sampler=sampler, collate_fn=collate):
+        model(**batch)["loss"].backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+def hooktrain_tiny(data) -> list[float]:
+    from hooktrain import Trainer, TrainingArguments, hookimpl
+
+    stamps: list[float] = []
+
+    class Stamp:
+        @hookimpl
+        def on_step_end(self):
+            stamps.append(time.perf_counter())
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=1, num_train_epochs=1, optim="sgd", learning_rate=0.1,
+            lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no", report_to="none",
+            disable_tqdm=True, logging_steps=100_000,
+        )
+        Trainer(Tiny(), args, train_dataset=data, plugins=[Stamp()]).train()
+    return stamps
+
+
 def per_step(stamps: list[float]) -> float:
     gaps = [b - a for a, b in zip(stamps[20:], stamps[21:], strict=False)]
     return statistics.median(gaps)
@@ -104,8 +166,20 @@ def per_step(stamps: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--tiny", action="store_true",
+                        help="Linear(2, 2), batch 1, SGD: the loop's own Python cost per step, in µs")
     opts = parser.parse_args()
     torch.set_num_threads(1)
+    if opts.tiny:
+        data = TinyData()
+        raw_tiny(data), hooktrain_tiny(data)  # warm-up
+        gaps = []
+        for _ in range(opts.pairs):
+            h, r = per_step(hooktrain_tiny(data)), per_step(raw_tiny(data))
+            gaps.append((h - r) * 1e6)
+            print(f"raw {r * 1e6:.1f} µs/step, hooktrain {h * 1e6:.1f} µs/step")
+        print(f"\n**hooktrain's own cost: {statistics.median(gaps):.1f} µs per step** (median of {opts.pairs})")
+        return
     data = Data()
     raw_loop(data)  # warm-up: lazy imports, allocator
     hooktrain_loop(data)
