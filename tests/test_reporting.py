@@ -64,8 +64,8 @@ def merged(series: list[tuple[int, float]]) -> list[tuple[int, float]]:
 def assert_same_scalars(got: dict, expected: dict, rel: float, merge: bool = False) -> None:
     assert sorted(got) == sorted(expected)
     for key, points in expected.items():
-        want = merged(points) if merge else points
-        assert same_series(got[key], want, rel=rel), (key, got[key], want)
+        want, have = (merged(points), merged(got[key])) if merge else (points, got[key])
+        assert same_series(have, want, rel=rel), (key, have, want)
 
 
 def read_wandb_finished(root: Path, timeout: float = 20.0) -> dict:
