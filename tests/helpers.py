@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["RegressionDataset", "TinyRegressor", "ScriptedMetric", "tiny_trainer_parts"]
+__all__ = ["RegressionDataset", "TinyRegressor", "ScriptedMetric", "scripted_trainer", "tiny_trainer_parts"]
 
 
 class RegressionDataset(torch.utils.data.Dataset):
@@ -85,3 +85,13 @@ def tracker_series(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[in
             name = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
             series.setdefault(name, []).append((entry["step"], float(value)))
     return series
+
+
+def scripted_trainer(args: Any, values: Mapping[int, float], name: str = "score", **kw: Any) -> Any:
+    """A Trainer on the tiny parts whose ``compute_metrics`` is a :class:`ScriptedMetric`."""
+    from hooktrain import Trainer
+
+    metric = ScriptedMetric(values, name=name)
+    trainer = Trainer(args=args, compute_metrics=metric, **tiny_trainer_parts(), **kw)
+    metric.trainer = trainer
+    return trainer

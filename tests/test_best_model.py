@@ -18,9 +18,9 @@ from hooktrain import ArgumentError, Trainer, TrainingArguments
 from hooktrain.core.monitor import MetricNotFoundError
 
 try:
-    from tests.helpers import ScriptedMetric, tiny_trainer_parts
+    from tests.helpers import scripted_trainer, tiny_trainer_parts
 except ImportError:  # tests/ is a rootdir, not a package
-    from helpers import ScriptedMetric, tiny_trainer_parts
+    from helpers import scripted_trainer, tiny_trainer_parts
 
 
 def make_args(tmp_path: Path, **overrides) -> TrainingArguments:
@@ -32,12 +32,6 @@ def make_args(tmp_path: Path, **overrides) -> TrainingArguments:
     settings.update(overrides)
     return TrainingArguments(**settings)
 
-
-def scripted_trainer(args: TrainingArguments, values: dict[int, float], name: str = "score", **kw) -> Trainer:
-    metric = ScriptedMetric(values, name=name)
-    trainer = Trainer(args=args, compute_metrics=metric, **tiny_trainer_parts(), **kw)
-    metric.trainer = trainer
-    return trainer
 
 
 def checkpoints(tmp_path: Path) -> list[str]:

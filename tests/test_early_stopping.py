@@ -18,9 +18,9 @@ from hooktrain.core.monitor import MetricNotFoundError, Monitor
 from hooktrain.plugins.early_stopping import EarlyStopping
 
 try:
-    from tests.helpers import ScriptedMetric, tiny_trainer_parts
+    from tests.helpers import scripted_trainer, tiny_trainer_parts
 except ImportError:  # tests/ is a rootdir, not a package
-    from helpers import ScriptedMetric, tiny_trainer_parts
+    from helpers import scripted_trainer, tiny_trainer_parts
 
 NAN, INF = float("nan"), float("inf")
 
@@ -234,12 +234,6 @@ def make_args(tmp_path: Path, **overrides) -> TrainingArguments:
     settings.update(overrides)
     return TrainingArguments(**settings)
 
-
-def scripted_trainer(args: TrainingArguments, values: dict[int, float], name: str = "score", **kw) -> Trainer:
-    metric = ScriptedMetric(values, name=name)
-    trainer = Trainer(args=args, compute_metrics=metric, **tiny_trainer_parts(), **kw)
-    metric.trainer = trainer
-    return trainer
 
 
 def test_training_stops_after_patience(tmp_path, caplog):
