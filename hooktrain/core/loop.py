@@ -223,6 +223,7 @@ class Trainer:
         self._losses = LossWindow(args.logging_nan_inf_filter)
         self._pending_losses = self._losses.pending
         self._last_logged = self._last_saved = state.global_step
+        # positional callers (arguments in each hookspec's order) for the per-step hooks
         self._call = {n: pm.fast_caller(n) for n in (
             "on_step_begin", "on_step_end", "training_step", "backward", "optimizer_step",
             "should_save", "should_stop")}
@@ -292,11 +293,11 @@ class Trainer:
         if not micro or micro[0] is None:
             return False
         n = len(micro)
-        call["on_step_begin"](trainer=self, args=args, state=state)
+        call["on_step_begin"](self, args, state)
         if n == 1:  # the common case, kept lean: this is the per-step hot path
             batch = micro[0] if self.device.type == "cpu" else to_device(micro[0], self.device)
-            loss = call["training_step"](trainer=self, model=model, batch=batch)
-            call["backward"](trainer=self, loss=loss)
+            loss = call["training_step"](self, model, batch)
+            call["backward"](self, loss)
             step_loss = loss.detach()
         else:
             losses = []
@@ -305,17 +306,15 @@ class Trainer:
                     batch = to_device(batch, self.device)
                 # gradients are all-reduced (DDP) only on the last micro-batch of the window
                 with self._no_sync() if i < n - 1 and self._no_sync else nullcontext():
-                    loss = call["training_step"](trainer=self, model=model, batch=batch)
-                    call["backward"](trainer=self, loss=loss / n)
+                    loss = call["training_step"](self, model, batch)
+                    call["backward"](self, loss / n)
                 losses.append(loss.detach())
             step_loss = torch.stack(losses).mean()
         gs = state.global_step + 1
         self._log_due = bool(self._log_every and gs % self._log_every == 0) or (
             gs == 1 and args.logging_first_step
         )
-        outcome: StepOutcome = call["optimizer_step"](
-            trainer=self, model=model, optimizer=self.optimizer, need_grad_norm=self._log_due
-        )
+        outcome: StepOutcome = call["optimizer_step"](self, model, self.optimizer, self._log_due)
         self._last_lr = self.optimizer.param_groups[0]["lr"]
         if outcome.skipped:
             state.skipped_steps += 1
@@ -328,7 +327,7 @@ class Trainer:
         self._grad_norm = outcome.grad_norm
         state.global_step = gs
         state.epoch = epoch + (seen + n) / len_dl if len_dl != sys.maxsize else float(epoch)
-        call["on_step_end"](trainer=self, args=args, state=state)
+        call["on_step_end"](self, args, state)
         return True
 
     def _after_step(self, max_steps: int) -> bool:
@@ -340,9 +339,9 @@ class Trainer:
         metrics = None
         if self._eval_every and gs >= args.eval_delay and (gs % self._eval_every == 0 or last):
             metrics = self.evaluate()
-        if self._call["should_save"](trainer=self, args=args, state=state, metrics=metrics, trigger="step"):
+        if self._call["should_save"](self, args, state, metrics, "step"):
             self._save_once()
-        reason = self._call["should_stop"](trainer=self, args=args, state=state, metrics=metrics)
+        reason = self._call["should_stop"](self, args, state, metrics)
         if reason:
             self._stop(reason)
         return last or state.stop_reason is not None
@@ -359,8 +358,7 @@ class Trainer:
             self._maybe_stop(metrics)
 
     def _maybe_save(self, metrics: dict[str, float] | None, trigger: str) -> None:
-        if self._call["should_save"](trainer=self, args=self.args, state=self.state, metrics=metrics,
-                                     trigger=trigger):
+        if self._call["should_save"](self, self.args, self.state, metrics, trigger):
             self._save_once()
 
     def _save_once(self) -> None:
@@ -378,7 +376,7 @@ class Trainer:
         return path
 
     def _maybe_stop(self, metrics: dict[str, float] | None) -> None:
-        reason = self._call["should_stop"](trainer=self, args=self.args, state=self.state, metrics=metrics)
+        reason = self._call["should_stop"](self, self.args, self.state, metrics)
         if reason:
             self._stop(reason)
 

@@ -196,25 +196,32 @@ class PluginManager(pluggy.PluginManager):
             impl.function(*[kw[a] for a in impl.argnames])
 
     def fast_caller(self, hook_name: str) -> Callable[..., Any]:
-        """A callable equivalent to ``self.hook.<hook_name>`` for the current registrations.
+        """A callable equivalent to ``self.hook.<hook_name>``, taking the hook's arguments
+        **positionally, in the spec's order**, for the current registrations.
 
-        Hot-path events are called thousands of times per run: with no implementation the
-        call is a no-op, with one plain implementation it skips pluggy's dispatch. Rebuild
-        after changing registrations.
+        Hot-path hooks are called thousands of times per run: with no implementation the call
+        is a no-op; with one plain implementation it calls that function directly (passing it
+        the subset of arguments it takes), skipping pluggy's dispatch. Rebuild after changing
+        registrations.
         """
         caller = getattr(self.hook, hook_name)
+        spec_names = tuple(caller.spec.argnames)
         impls = caller.get_hookimpls()
         if not impls:
             return _noop
         if len(impls) == 1 and not (impls[0].wrapper or impls[0].hookwrapper) and not self._is_traced():
-            function = impls[0].function
-            pick = operator.itemgetter(*impls[0].argnames) if impls[0].argnames else None
-            if pick is None:
-                return lambda **kw: function()
-            if len(impls[0].argnames) == 1:
-                return lambda **kw: function(pick(kw))
-            return lambda **kw: function(*pick(kw))
-        return caller
+            function, names = impls[0].function, tuple(impls[0].argnames)
+            if names == spec_names:
+                return function
+            positions = [spec_names.index(n) for n in names]
+            if not positions:
+                return lambda *a: function()
+            if len(positions) == 1:
+                (i,) = positions
+                return lambda *a: function(a[i])
+            pick = operator.itemgetter(*positions)
+            return lambda *a: function(*pick(a))
+        return lambda *a: caller(**dict(zip(spec_names, a, strict=True)))
 
     def _is_traced(self) -> bool:
         return bool(os.environ.get(TRACE_ENV))
@@ -240,7 +247,7 @@ class PluginManager(pluggy.PluginManager):
         return sorted(result, key=lambda i: (not i.builtin, i.name))
 
 
-def _noop(**_: Any) -> None:
+def _noop(*_: Any) -> None:
     return None
 
 

@@ -90,7 +90,7 @@ def configure(trainer, args):
 
 
 @hookimpl(trylast=True)
-def backward(loss):
+def backward(trainer, loss):
     loss.backward()
     return True
 
@@ -104,11 +104,14 @@ def clip_or_measure(model: torch.nn.Module, max_norm: float, need_grad_norm: boo
     return None
 
 
+_STEPPED = StepOutcome(None, False)
+
+
 @hookimpl(trylast=True)
 def optimizer_step(trainer, model, optimizer, need_grad_norm):
     norm = clip_or_measure(model, trainer.args.max_grad_norm, need_grad_norm)
     optimizer.step()
-    return StepOutcome(norm, False)
+    return _STEPPED if norm is None else StepOutcome(norm, False)
 
 
 def _logits(outputs: Any) -> Any:
