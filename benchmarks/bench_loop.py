@@ -76,7 +76,9 @@ def raw_loop(data) -> list[float]:
     return stamps
 
 
-def hooktrain_loop(data) -> list[float]:
+def hooktrain_loop(data, before_train=None, **overrides) -> list[float]:
+    """hooktrain on the W1 workload; *overrides* change the arguments, *before_train(trainer)* runs
+    just before ``train()`` (benchmarks/bench_reporting.py uses both)."""
     from hooktrain import Trainer, TrainingArguments, hookimpl
 
     stamps: list[float] = []
@@ -88,12 +90,16 @@ def hooktrain_loop(data) -> list[float]:
 
     torch.manual_seed(1234)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
+        settings = dict(
             output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=1e-3,
             optim="adamw_torch", lr_scheduler_type="linear", warmup_ratio=0.1, max_grad_norm=0.0,
             save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=50, seed=1234,
         )
-        Trainer(MLP(), args, train_dataset=data, plugins=[Stamp()]).train()
+        trainer = Trainer(MLP(), TrainingArguments(**{**settings, **overrides}), train_dataset=data,
+                          plugins=[Stamp()])
+        if before_train is not None:
+            before_train(trainer)
+        trainer.train()
     return stamps
 
 

@@ -37,6 +37,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_loop  # noqa: E402
 from bench_loop import BATCH, MLP, STEPS, Data, collate, per_step  # noqa: E402
 
 
@@ -75,29 +76,13 @@ def raw_loop_with_writer(data) -> list[float]:
 
 
 def hooktrain_loop(data, report_to: str, console: bool = True, on_log_times: list[float] | None = None):
-    from hooktrain import Trainer, TrainingArguments, hookimpl
-
-    stamps: list[float] = []
-
-    class Stamp:
-        @hookimpl
-        def on_step_end(self):
-            stamps.append(time.perf_counter())
-
-    torch.manual_seed(1234)
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=1e-3,
-            optim="adamw_torch", lr_scheduler_type="linear", warmup_ratio=0.1, max_grad_norm=0.0,
-            save_strategy="no", report_to=report_to, disable_tqdm=True, logging_steps=1, seed=1234,
-            run_name="bench", disable_plugins=[] if console else ["progress"],
+    """bench_loop.hooktrain_loop with a log event every step (optionally timing the bridge's on_log)."""
+    with contextlib.redirect_stderr(io.StringIO()):  # the console lines still get formatted
+        return bench_loop.hooktrain_loop(
+            data, report_to=report_to, logging_steps=1, run_name="bench",
+            disable_plugins=[] if console else ["progress"],
+            before_train=(lambda t: _time_bridge_on_log(t, on_log_times)) if on_log_times is not None else None,
         )
-        trainer = Trainer(MLP(), args, train_dataset=data, plugins=[Stamp()])
-        if on_log_times is not None:
-            _time_bridge_on_log(trainer, on_log_times)
-        with contextlib.redirect_stderr(io.StringIO()):  # the console lines still get formatted
-            trainer.train()
-    return stamps
 
 
 def _time_bridge_on_log(trainer, times: list[float]) -> None:
