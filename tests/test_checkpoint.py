@@ -140,7 +140,7 @@ def test_pytorch_model_bin_when_save_safetensors_is_off(tmp_path):
 
 
 class Wide(torch.nn.Module):
-    """Weights and optimizer tensors of 2 MB each: large enough to be hashed on a background thread."""
+    """Weights and optimizer tensors of a few MB each (not just the tiny files of the other tests)."""
 
     def __init__(self):
         super().__init__()
@@ -154,7 +154,7 @@ class Wide(torch.nn.Module):
 
 
 @pytest.mark.parametrize("safetensors", [True, False])
-def test_large_files_hashed_in_the_background_verify(tmp_path, safetensors):
+def test_large_files_verify_and_reload(tmp_path, safetensors):
     trainer = make_trainer(tmp_path, model=Wide(), max_steps=2, save_safetensors=safetensors)
     trainer.train()
     ckpt = tmp_path / "checkpoint-2"

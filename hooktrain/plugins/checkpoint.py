@@ -41,15 +41,13 @@ import json
 import logging
 import os
 import platform
-import queue
 import random
 import re
 import shutil
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -67,7 +65,6 @@ __all__ = [
     "ARITHMETIC_FIELDS",
     "CheckpointStore",
     "MANIFEST_NAME",
-    "SaveIO",
     "capture_rng_state",
     "checkpoint_step",
     "collect_plugin_states",
@@ -81,8 +78,8 @@ __all__ = [
     "tidy_output_dir",
     "verify",
     "weights_for_safetensors",
+    "seal",
     "write_file",
-    "write_safetensors",
 ]
 
 PREFIX = "checkpoint"
@@ -211,139 +208,23 @@ def verify(checkpoint_dir: str | os.PathLike[str]) -> list[str]:
 # ---- writing -------------------------------------------------------------------------------
 
 
-_BACKGROUND_HASH_MIN = 1 << 20  # a file with a write this large is hashed on its own thread
+def write_file(path: Path, produce: Callable[[BinaryIO], Any]) -> Path:
+    """Create *path* and let *produce* write into it. Not yet on disk: :func:`seal` it."""
+    with open(path, "wb") as f:
+        produce(f)
+    return path
 
 
-class SaveIO:
-    """What the files of one save share: a pool that fsyncs them in the background (the waits
-    overlap), and the memory that stays unchanged until the save ends (the tensors being saved),
-    which a background hasher may read after ``write`` returned instead of a copy."""
-
-    def __init__(self, pool: ThreadPoolExecutor):
-        self.pool = pool
-        self.jobs: list[Future[None]] = []
-        self.ranges: list[tuple[int, int]] = []
-
-    def add_stable(self, obj: Any) -> None:
-        """Declare the CPU tensors in *obj* (nested dicts, lists, tuples) unchanged until the save ends."""
-        if isinstance(obj, torch.Tensor):
-            if obj.device.type == "cpu":
-                storage = obj.untyped_storage()
-                self.ranges.append((storage.data_ptr(), storage.nbytes()))
-        elif isinstance(obj, Mapping):
-            for value in obj.values():
-                self.add_stable(value)
-        elif isinstance(obj, (list, tuple)):
-            for value in obj:
-                self.add_stable(value)
-
-    def fsync_later(self, path: Path) -> None:
-        self.jobs.append(self.pool.submit(_fsync_path, path))
-
-    def wait(self) -> None:
-        """Wait for every fsync submitted so far."""
-        for job in self.jobs:
-            job.result()
-        self.jobs.clear()
-
-    def holds(self, view: memoryview) -> bool:
-        """Whether *view* lies inside the memory of the tensors being saved."""
-        ranges = tuple(self.ranges)
-        if not ranges or view.nbytes == 0:
-            return False
-        try:
-            start = np.frombuffer(view, dtype=np.uint8).__array_interface__["data"][0]
-        except (TypeError, ValueError):
-            return False
-        return any(lo <= start and start + view.nbytes <= lo + n for lo, n in ranges)
-
-
-class _HashingWriter:
-    """A binary file wrapper that counts and sha256-hashes what goes through ``write``.
-
-    Once a large write comes, the hashing moves to a thread of its own (it overlaps the writing):
-    data that stays valid after ``write`` returns (bytes, numpy-backed views, the tensors of the
-    save) is queued by reference, anything else as a copy.
-    """
-
-    def __init__(self, raw: BinaryIO, io: SaveIO | None = None):
-        self.raw = raw
-        self.io = io
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self._queue: queue.SimpleQueue[Any] | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def _hash_in_background(self) -> None:
-        assert self._queue is not None
-        try:
-            while (chunk := self._queue.get()) is not None:
-                self.digest.update(chunk)
-        except BaseException as exc:  # reported by hexdigest()
-            self._error = exc
-
-    def _stable(self, data: Any, view: memoryview) -> bool:
-        if isinstance(data, bytes) or isinstance(view.obj, (bytes, np.ndarray)):
-            return True
-        return self.io is not None and view.obj is None and self.io.holds(view)
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        if self._queue is None and self.io is not None and view.nbytes >= _BACKGROUND_HASH_MIN:
-            self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._hash_in_background, name="hooktrain-sha256", daemon=True)
-            self._thread.start()
-        if self._queue is not None:
-            self._queue.put(view if self._stable(data, view) else bytes(view))
-        else:
-            self.digest.update(view)
-        self.size += view.nbytes
-        return self.raw.write(data)
-
-    def hexdigest(self) -> str:
-        if self._queue is not None and self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._queue = None
-        if self._error is not None:
-            raise self._error
-        return self.digest.hexdigest()
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    def writable(self) -> bool:
-        return True
-
-
-def write_file(path: Path, produce: Callable[[Any], Any], io: SaveIO | None = None) -> dict[str, Any]:
-    """Create *path*, let *produce* write into it, fsync it; return its manifest record.
-
-    *produce* gets a binary file object whose ``write`` also feeds the sha256. With *io* (one
-    save's shared :class:`SaveIO`) the hashing of large files and the fsync run in the
-    background: call ``io.wait()`` before relying on the file being on disk.
-    """
-    with open(path, "wb") as raw:
-        out = _HashingWriter(raw, io)
-        try:
-            produce(out)
-        finally:
-            digest = out.hexdigest()
-        raw.flush()
-        if io is None:
-            os.fsync(raw.fileno())
-    if io is not None:
-        io.fsync_later(path)
-    return {"size": out.size, "sha256": digest}
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def seal(path: Path) -> dict[str, Any]:
+    """fsync *path* and return its manifest record (size and sha256; the file is in the page cache)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(f.fileno())
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def _write_bytes(f: Any, data: bytes) -> None:
@@ -480,41 +361,6 @@ def weights_for_safetensors(model: torch.nn.Module) -> tuple[dict[str, torch.Ten
         storages.add(ptr)
         tensors[name] = t
     return tensors, aliases
-
-
-_SAFETENSORS_DTYPES = {
-    getattr(torch, name): code
-    for name, code in (
-        ("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16"),
-        ("int64", "I64"), ("int32", "I32"), ("int16", "I16"), ("int8", "I8"), ("uint8", "U8"),
-        ("bool", "BOOL"), ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
-        ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"),
-    )
-    if hasattr(torch, name)
-}
-
-
-def write_safetensors(f: Any, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
-    """Stream *tensors* to *f* in the safetensors format, straight from their memory (no copy).
-
-    The tensors must be contiguous and must not share storage (see :func:`weights_for_safetensors`).
-    """
-    header: dict[str, Any] = {"__metadata__": dict(metadata)}
-    blobs = []
-    offset = 0
-    for name, tensor in tensors.items():
-        t = tensor.detach().cpu()
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-        if size:
-            blobs.append(t.reshape(-1).view(torch.uint8).numpy())
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    f.write(struct.pack("<Q", len(encoded)) + encoded)
-    for blob in blobs:
-        f.write(memoryview(blob))  # type: ignore[arg-type]
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -690,96 +536,65 @@ class CheckpointStore:
                 shutil.rmtree(tmp)
             tmp.mkdir()
         trainer.barrier()
-        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hooktrain-save")
         try:
-            io = SaveIO(pool)
-            records = self._write_files(trainer, state, tmp, writer, io)
-            trainer.barrier()
+            written = self._write_files(trainer, state, tmp, writer)
+            # hashing (from the page cache) and fsync of the files, in parallel
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="hooktrain-save") as pool:
+                records = dict(zip(written, pool.map(seal, written.values()), strict=True))
+            trainer.barrier()  # every process's RNG file is on disk
             if writer:
-                self._write_manifest(trainer, state, tmp, records, io)
+                self._write_manifest(trainer, state, tmp, records)
                 _publish(tmp, final)
         except BaseException:
             if writer:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        finally:
-            pool.shutdown(wait=True)
         trainer.barrier()
         if writer and args.save_total_limit:
-            hook = trainer.plugin_manager.hook
-            protected = [state.best_model_checkpoint or ""]
-            for names in hook.protected_checkpoints(trainer=trainer, state=state):
+            protected = [name]
+            for names in trainer.plugin_manager.hook.protected_checkpoints(trainer=trainer, state=state):
                 protected.extend(str(n) for n in names or ())
-            rotate_checkpoints(out, args.save_total_limit, protected=[*protected, name])
+            rotate_checkpoints(out, args.save_total_limit, protected=protected)
         return final
 
-    def _write_files(self, trainer: Any, state: TrainerState, tmp: Path, writer: bool, io: SaveIO) -> dict[str, Any]:
-        """Write this process's files (their fsyncs still running on *io*) and return their records."""
+    def _write_files(self, trainer: Any, state: TrainerState, tmp: Path, writer: bool) -> dict[str, Path]:
+        """Write this process's files into *tmp* (not yet fsync'd); return them by name."""
         args = trainer.args
-        records: dict[str, Any] = {}
         full = not args.save_only_model
+        contents: dict[str, Callable[[BinaryIO], Any]] = {}
         if full:
             rng = capture_rng_state(trainer.device, all_devices=trainer.world_size <= 1)
-            rng_name = _rng_name(trainer.world_size, trainer.process_index)
-            # another process's file must be on disk before the barrier that precedes the rename
-            records[rng_name] = write_file(tmp / rng_name, lambda f: torch.save(rng, f), io if writer else None)
-        if not writer:
-            return records
-        optimizer_job = None
-        if full and trainer.optimizer is not None:  # the largest file: written alongside the others
-            optimizer_state = trainer.optimizer.state_dict()
-            io.add_stable(optimizer_state)
-            optimizer_job = io.pool.submit(
-                write_file, tmp / OPTIMIZER_NAME, lambda f: torch.save(optimizer_state, f), io
-            )
-        try:
-            records.update(self._write_weights(trainer.model, tmp, args.save_safetensors, io))
-            small: dict[str, Callable[[Any], Any]] = {}
+            contents[_rng_name(trainer.world_size, trainer.process_index)] = partial(torch.save, rng)
+        if writer:
+            contents.update(self._weights(trainer.model, args.save_safetensors))
             if full:
+                if trainer.optimizer is not None:
+                    contents[OPTIMIZER_NAME] = partial(torch.save, trainer.optimizer.state_dict())
                 if trainer.lr_scheduler is not None:
-                    scheduler_state = trainer.lr_scheduler.state_dict()
-                    small[SCHEDULER_NAME] = lambda f: torch.save(scheduler_state, f)
+                    contents[SCHEDULER_NAME] = partial(torch.save, trainer.lr_scheduler.state_dict())
                 scaler = getattr(trainer, "grad_scaler", None)
                 if scaler is not None and hasattr(scaler, "state_dict"):
-                    scaler_state = scaler.state_dict()
-                    small[SCALER_NAME] = lambda f: torch.save(scaler_state, f)
-                plugin_states = _json_bytes(collect_plugin_states(trainer))
-                small[PLUGIN_STATE_NAME] = partial(_write_bytes, data=plugin_states)
-            small[TRAINER_STATE_NAME] = partial(_write_bytes, data=state.to_json().encode("utf-8"))
-            small[ARGS_NAME] = partial(_write_bytes, data=(args.to_json() + "\n").encode("utf-8"))
-            for name, produce in small.items():
-                records[name] = write_file(tmp / name, produce, io)
-        finally:
-            if optimizer_job is not None:
-                records[OPTIMIZER_NAME] = optimizer_job.result()
-        return records
+                    contents[SCALER_NAME] = partial(torch.save, scaler.state_dict())
+                contents[PLUGIN_STATE_NAME] = partial(_write_bytes, data=_json_bytes(collect_plugin_states(trainer)))
+            contents[TRAINER_STATE_NAME] = partial(_write_bytes, data=state.to_json().encode("utf-8"))
+            contents[ARGS_NAME] = partial(_write_bytes, data=(args.to_json() + "\n").encode("utf-8"))
+        return {name: write_file(tmp / name, produce) for name, produce in contents.items()}
 
     @staticmethod
-    def _write_weights(
-        model: torch.nn.Module, directory: Path, safetensors: bool, io: SaveIO | None = None
-    ) -> dict[str, Any]:
+    def _weights(model: torch.nn.Module, safetensors: bool) -> dict[str, Callable[[BinaryIO], Any]]:
+        """The weights file: its name and what writes it."""
         if safetensors:
+            from safetensors.torch import save
+
             tensors, aliases = weights_for_safetensors(model)
             metadata = {"format": "pt"}
             if aliases:
                 metadata[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
-            if all(t.dtype in _SAFETENSORS_DTYPES for t in tensors.values()):
-                produce = partial(write_safetensors, tensors=tensors, metadata=metadata)
-            else:  # a dtype this writer does not know: safetensors' own serializer (one copy)
-                from safetensors.torch import save
+            return {WEIGHTS_NAME: partial(_write_bytes, data=save(tensors, metadata=metadata))}
+        return {WEIGHTS_BIN_NAME: partial(torch.save, model.state_dict())}
 
-                data = save(tensors, metadata=metadata)
-                produce = partial(_write_bytes, data=data)
-            return {WEIGHTS_NAME: write_file(directory / WEIGHTS_NAME, produce, io)}
-        state_dict = model.state_dict()
-        if io is not None:
-            io.add_stable(state_dict)
-        return {WEIGHTS_BIN_NAME: write_file(directory / WEIGHTS_BIN_NAME, lambda f: torch.save(state_dict, f), io)}
-
-    def _write_manifest(
-        self, trainer: Any, state: TrainerState, tmp: Path, records: dict[str, Any], io: SaveIO
-    ) -> None:
-        """Write the manifest, then wait until every file of *tmp* and the directory are on disk."""
+    def _write_manifest(self, trainer: Any, state: TrainerState, tmp: Path, records: dict[str, Any]) -> None:
+        """Write the manifest (last), then make it and the directory durable."""
         for entry in sorted(tmp.iterdir()):  # the other processes' RNG files
             if entry.name not in records and _RNG_RE.match(entry.name):
                 records[entry.name] = {"size": entry.stat().st_size, "sha256": _sha256_file(entry)}
@@ -794,9 +609,7 @@ class CheckpointStore:
             "versions": _versions(),
             "files": dict(sorted(records.items())),
         }
-        data = _json_bytes(manifest)
-        write_file(tmp / MANIFEST_NAME, partial(_write_bytes, data=data), io)
-        io.wait()
+        seal(write_file(tmp / MANIFEST_NAME, partial(_write_bytes, data=_json_bytes(manifest))))
         _fsync_dir(tmp)
 
     @hookimpl(trylast=True)
@@ -807,10 +620,11 @@ class CheckpointStore:
         staging = out / f"{TMP_PREFIX}model-{os.getpid()}"
         staging.mkdir(exist_ok=True)
         try:
-            names = list(self._write_weights(trainer.model, staging, trainer.args.save_safetensors))
-            args_json = (trainer.args.to_json() + "\n").encode("utf-8")
-            write_file(staging / ARGS_NAME, lambda f: f.write(args_json))
-            for name in (*names, ARGS_NAME):
+            contents = self._weights(trainer.model, trainer.args.save_safetensors)
+            contents[ARGS_NAME] = partial(_write_bytes, data=(trainer.args.to_json() + "\n").encode("utf-8"))
+            for name, produce in contents.items():
+                seal(write_file(staging / name, produce))
+            for name in contents:
                 os.replace(staging / name, out / name)
             _fsync_dir(out)
         finally:
