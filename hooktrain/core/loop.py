@@ -182,13 +182,16 @@ class Trainer:
 
     # ---- training ------------------------------------------------------------------------
 
-    def _arithmetic(self, loader: Any) -> tuple[int, int, int]:
-        """HF's step accounting: (micro-batches per epoch, optimizer steps per epoch, epochs)."""
+    def _arithmetic(self, loader: Any) -> tuple[int, int, int, int]:
+        """HF's step accounting: (micro-batches per epoch, optimizer steps per epoch, epochs, max steps).
+
+        Without ``__len__`` (an iterable dataset) an "epoch" is one pass over the data.
+        """
         args, ga = self.args, self.args.gradient_accumulation_steps
         try:
             len_dl = len(loader)
         except TypeError:
-            return sys.maxsize, args.max_steps, sys.maxsize
+            return sys.maxsize, args.max_steps, sys.maxsize, args.max_steps
         steps_per_epoch = max(math.ceil(len_dl / ga), 1)
         if args.max_steps > 0:
             max_steps = args.max_steps
@@ -196,15 +199,13 @@ class Trainer:
         else:
             max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
             epochs = math.ceil(args.num_train_epochs)
-        self.state.max_steps = max_steps
-        return len_dl, steps_per_epoch, epochs
+        return len_dl, steps_per_epoch, epochs, max_steps
 
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
         args, state, pm = self.args, self.state, self.plugin_manager
         hook = pm.hook
         loader = self.get_train_dataloader()
-        len_dl, steps_per_epoch, epochs = self._arithmetic(loader)
-        max_steps = state.max_steps if len_dl != sys.maxsize else args.max_steps
+        len_dl, steps_per_epoch, epochs, max_steps = self._arithmetic(loader)
         if self.optimizer is None:
             self.optimizer = hook.create_optimizer(trainer=self, model=self.model, args=args)
         if self.lr_scheduler is None:
@@ -221,7 +222,6 @@ class Trainer:
         state.eval_steps = resolve_steps(args.eval_steps, max_steps)
         state.stop_reason = None
         self._losses = LossWindow(args.logging_nan_inf_filter)
-        self._pending_losses = self._losses.pending
         self._last_logged = self._last_saved = state.global_step
         # positional callers (arguments in each hookspec's order) for the per-step hooks
         self._call = {n: pm.fast_caller(n) for n in (
@@ -321,9 +321,7 @@ class Trainer:
         elif self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._pending_losses.append(step_loss)
-        if len(self._pending_losses) >= 4096:  # logging off or rare: bound the memory
-            self._losses.fold()
+        self._losses.add(step_loss)
         self._grad_norm = outcome.grad_norm
         state.global_step = gs
         state.epoch = epoch + (seen + n) / len_dl if len_dl != sys.maxsize else float(epoch)
@@ -339,11 +337,8 @@ class Trainer:
         metrics = None
         if self._eval_every and gs >= args.eval_delay and (gs % self._eval_every == 0 or last):
             metrics = self.evaluate()
-        if self._call["should_save"](self, args, state, metrics, "step"):
-            self._save_once()
-        reason = self._call["should_stop"](self, args, state, metrics)
-        if reason:
-            self._stop(reason)
+        self._maybe_save(metrics, "step")
+        self._maybe_stop(metrics)
         return last or state.stop_reason is not None
 
     def _after_epoch(self) -> None:
@@ -358,11 +353,8 @@ class Trainer:
             self._maybe_stop(metrics)
 
     def _maybe_save(self, metrics: dict[str, float] | None, trigger: str) -> None:
-        if self._call["should_save"](self, self.args, self.state, metrics, trigger):
-            self._save_once()
-
-    def _save_once(self) -> None:
-        if self._last_saved != self.state.global_step:
+        wanted = self._call["should_save"](self, self.args, self.state, metrics, trigger)
+        if wanted and self._last_saved != self.state.global_step:
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Any:
@@ -377,12 +369,8 @@ class Trainer:
 
     def _maybe_stop(self, metrics: dict[str, float] | None) -> None:
         reason = self._call["should_stop"](self, self.args, self.state, metrics)
-        if reason:
-            self._stop(reason)
-
-    def _stop(self, reason: str) -> None:
         state = self.state
-        if not state.stop_reason:
+        if reason and not state.stop_reason:
             state.stop_reason = str(reason)
             logger.info("stopping at step %d: %s", state.global_step, reason)
             self.log({"stop_reason": state.stop_reason})

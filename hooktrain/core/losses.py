@@ -10,15 +10,17 @@ class LossWindow:
 
     def __init__(self, filter_nonfinite: bool):
         self.filter_nonfinite = filter_nonfinite
-        self.pending: list[torch.Tensor] = []  # the loop appends each step's loss (a 0-d tensor)
+        self.pending: list[torch.Tensor] = []  # per-step losses (0-d tensors) since the last close
         self.total_loss = 0.0  # sum of the per-step losses of every closed window (this train() call)
         self.total_steps = 0
         self.total_nonfinite = 0
 
-    def fold(self) -> None:
-        """Concatenate the pending losses into one tensor, to bound memory when logs are rare."""
-        folded = torch.cat([t.float().reshape(-1) for t in self.pending])
-        self.pending[:] = [folded]
+    def add(self, step_loss: torch.Tensor) -> None:
+        """Keep one step's loss (no device synchronisation)."""
+        pending = self.pending
+        pending.append(step_loss)
+        if len(pending) >= 4096:  # logging off or rare: bound the memory
+            pending[:] = [torch.cat([t.float().reshape(-1) for t in pending])]
 
     def close(self) -> tuple[float, int, int]:
         """Return ``(mean loss, steps, non-finite steps)`` of the window and start a new one."""
