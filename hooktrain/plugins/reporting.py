@@ -46,14 +46,13 @@ def selected_names(report_to: list[str], registry: Any) -> list[str]:
         else:
             names.append(name)
     # one reporter per factory: an alias (``comet_ml`` for ``comet``) must not open a second run
-    chosen: dict[str, None] = {}
-    factories: list[Any] = []
+    chosen, factories = [], []
     for name in names:
         factory = registry.factory(name)
-        if name not in chosen and factory not in factories:
-            chosen[name] = None
+        if factory not in factories:
+            chosen.append(name)
             factories.append(factory)
-    return list(chosen)
+    return chosen
 
 
 def _available(registry: Any, name: str) -> bool:
@@ -137,6 +136,18 @@ class _Worker:
                 self.label, hook_name, type(exc).__name__, exc,
             )
 
+    def marker(self, deadline: float) -> threading.Event:
+        """An event set once everything queued so far has been handled (or the reporter is off)."""
+        event = threading.Event()
+        if self.error is not None:
+            event.set()
+            return event
+        try:
+            self.queue.put(event, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            pass  # never set: the caller's wait times out and warns
+        return event
+
     def close(self, deadline: float) -> None:
         """Queue the end of the worker (after what is queued); wait for room until *deadline*."""
         try:
@@ -184,10 +195,10 @@ class ReportingBridge:
             worker.put(hook_name, kwargs)
         self._raise_if_fatal()  # after: the healthy reporters still get this event
 
-    def _raise_if_fatal(self) -> None:
+    def _raise_if_fatal(self, workers: list[_Worker] | None = None) -> None:
         if self.args.report_errors != "raise":
             return
-        for worker in self.workers:
+        for worker in self.workers if workers is None else workers:
             if worker.error is not None:
                 raise ReporterError(f"reporter {worker.label!r} failed: {worker.error!r}") from worker.error
 
@@ -206,11 +217,7 @@ class ReportingBridge:
                     worker.label, self.args.report_timeout,
                 )
         if status != "failed":
-            self.workers = workers
-            try:
-                self._raise_if_fatal()
-            finally:
-                self.workers = []
+            self._raise_if_fatal(workers)
 
     @hookimpl
     def on_train_begin(self, trainer):
@@ -235,12 +242,7 @@ class ReportingBridge:
         name = os.path.basename(os.fspath(checkpoint_dir))
         self._put("report_artifact", path=os.fspath(checkpoint_dir), name=name, step=state.global_step)
         deadline = time.monotonic() + self.args.report_timeout
-        done = []
-        for worker in self.workers:
-            if "report_artifact" in worker.impls and worker.error is None:
-                event = threading.Event()
-                worker.queue.put(event)
-                done.append((worker, event))
+        done = [(w, w.marker(deadline)) for w in self.workers if "report_artifact" in w.impls]
         for worker, event in done:
             if not event.wait(max(0.0, deadline - time.monotonic())):
                 logger.warning("reporter %r is still storing %s after report_timeout=%ss; going on",
