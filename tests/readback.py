@@ -20,6 +20,7 @@ import json
 import math
 import os
 import struct
+import time
 import zipfile
 from typing import Any
 
@@ -160,7 +161,27 @@ def _wandb_key(item: Any) -> str:
     return item.key or ".".join(item.nested_key)
 
 
-def read_wandb(root: str | os.PathLike[str]) -> dict[str, Any]:
+def read_wandb(root: str | os.PathLike[str], wait: float = 20.0) -> dict[str, Any]:
+    """The newest wandb run under *root*, once its exit record is on disk (up to *wait* seconds).
+
+    ``run.finish()`` returns before wandb-core, a separate process, has necessarily written the
+    log (or even created it), so a reader right after a run polls briefly. A run that never
+    finished (killed) is returned as it is after *wait*.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            run = _read_wandb_now(root)
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if run["exit_code"] is not None or time.monotonic() > deadline:
+                return run
+        time.sleep(0.1)
+
+
+def _read_wandb_now(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Read the newest wandb run under *root* (a dir holding ``wandb/``, a run dir, or a file).
 
     Parses the binary ``run-<id>.wandb`` log with wandb's own protobuf classes (the same data

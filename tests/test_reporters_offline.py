@@ -370,3 +370,15 @@ def test_mlflow_bounds_http_retries_unless_set(tmp_path, monkeypatch):
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+
+
+def test_wandb_relative_output_dir_follows_the_current_directory(tmp_path, monkeypatch, wandb_service):
+    """wandb-core outlives a run and keeps the working directory of the first one: a relative
+    output_dir must still land under the working directory of *this* run."""
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        args = make_args("out", f"wb-{name}", "wandb")
+        drive(wandb.WandbReporter(args), f"wb-{name}", {"seed": 1}, "completed")
+        assert read_wandb(tmp_path / name / "out")["run_name"] == f"wb-{name}"

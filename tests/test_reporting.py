@@ -68,25 +68,11 @@ def assert_same_scalars(got: dict, expected: dict, rel: float, merge: bool = Fal
         assert same_series(have, want, rel=rel), (key, have, want)
 
 
-def read_wandb_finished(root: Path, timeout: float = 20.0) -> dict:
-    """The wandb run under *root*, once its exit record is on disk.
-
-    ``run.finish()`` has returned when the reporter is done, but wandb-core (a separate
-    process) may still be writing the tail of the ``.wandb`` log for a moment.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        run = read_wandb(root)
-        if run["exit_code"] is not None or time.monotonic() > deadline:
-            return run
-        time.sleep(0.1)
-
-
 def read_all(out: Path, run_name: str) -> dict[str, dict]:
     """Each tracker's run, read from where the reporters write by default."""
     return {
         "tensorboard": read_tensorboard(out / "runs"),
-        "wandb": read_wandb_finished(out),
+        "wandb": read_wandb(out),
         "comet": read_comet(out / "comet"),
         "mlflow": read_mlflow(f"sqlite:///{out / 'mlflow.db'}", run_name),
     }

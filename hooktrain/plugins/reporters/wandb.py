@@ -52,7 +52,9 @@ class WandbReporter:
                 f'report_to="{NAME}" needs the wandb package ({exc}): pip install "hooktrain[wandb]"'
             ) from exc
         self._wandb = wandb
-        self.dir = os.fspath(os.environ.get("WANDB_DIR") or args.output_dir)
+        # absolute: wandb-core is a long-lived process of its own, which resolves a relative
+        # path against *its* working directory (the one of the first run in this process)
+        self.dir = os.path.abspath(os.fspath(os.environ.get("WANDB_DIR") or args.output_dir))
         self.project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         self.run: Any = None
         self._last_step = -1
