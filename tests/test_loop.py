@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from hooktrain import ArgumentError, Trainer, TrainingArguments, hookimpl
+from hooktrain.core.data import iterate_batches
 from hooktrain.core.errors import PluginLoadError
+from hooktrain.core.grads import grad_clearer
+from hooktrain.core.losses import LossWindow
 from hooktrain.plugins.schedulers import lr_lambda
 
 EVENTS = (
@@ -537,3 +540,100 @@ def test_iterable_dataset_needs_max_steps(tmp_path):
 
     with pytest.raises(ArgumentError, match="max_steps"):
         Trainer(Net(), TrainingArguments(output_dir=str(tmp_path), report_to="none"), train_dataset=Stream())
+
+
+# ---- the per-step shortcuts: the same results as the torch calls they replace ----------------
+
+
+@pytest.mark.parametrize("filter_nonfinite", [True, False])
+def test_loss_window_reading_each_step_equals_keeping_tensors(filter_nonfinite, monkeypatch):
+    monkeypatch.setattr(LossWindow, "COMPACT_EVERY", 3)  # the kept tensors get compacted too
+    values = [1.0, 2.5, float("inf"), 4.0, -1.0, float("nan"), 0.5]
+    read, kept = LossWindow(filter_nonfinite, read_each_step=True), LossWindow(filter_nonfinite, read_each_step=False)
+    windows = []
+    for window in (values[:5], values[5:], []):
+        for v in window:
+            read.add(torch.tensor(v, requires_grad=True) * 1)
+            kept.add(torch.tensor(v, requires_grad=True) * 1)
+        windows.append((read.close(), kept.close()))
+    for got_read, got_kept in windows:
+        assert got_read[1:] == got_kept[1:]
+        assert got_read[0] == pytest.approx(got_kept[0], nan_ok=True)
+    (first, _), (second, _), (empty, _) = windows
+    assert first[1:] == (5, 1) and second[1:] == (2, 1)
+    if filter_nonfinite:
+        assert first[0] == pytest.approx((1.0 + 2.5 + 4.0 - 1.0) / 4) and second[0] == pytest.approx(0.5)
+        assert read.mean_over_run() == pytest.approx((first[0] * 5 + second[0] * 2) / 7)
+    else:
+        assert math.isinf(first[0]) and math.isnan(second[0]) and math.isnan(read.mean_over_run())
+    assert math.isnan(empty[0]) and empty[1:] == (0, 0)
+
+
+class GetItems(Items):
+    """A dataset with torch's batched ``__getitems__`` (which DataLoader prefers)."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.calls = 0
+
+    def __getitems__(self, indices):
+        self.calls += 1
+        return [{**self[i], "batched": 1} for i in indices]
+
+
+def _same_batches(a, b):
+    assert len(a) == len(b) and len(a) > 0
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.parametrize("dataset", [Items(11), GetItems(11)], ids=["getitem", "getitems"])
+def test_iterate_batches_yields_what_iterating_the_dataloader_yields(tmp_path, dataset):
+    trainer = Trainer(Net(), TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                               per_device_train_batch_size=3), train_dataset=dataset)
+    loader = trainer.get_train_dataloader()
+    for epoch, skip in ((0, 0), (1, 2)):
+        loader.batch_sampler.set_epoch(epoch)
+        loader.batch_sampler.skip_batches(skip)
+        expected = list(loader)
+        loader.batch_sampler.skip_batches(skip)
+        got = list(iterate_batches(loader))
+        _same_batches(got, expected)
+        assert len(got) == 4 - skip
+    if isinstance(dataset, GetItems):
+        assert "batched" in got[0]
+
+
+def test_iterate_batches_leaves_other_loaders_to_torch():
+    class MyLoader(torch.utils.data.DataLoader):
+        pass
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([Items(1)[0]])
+
+    data = Items(6)
+    subclass = MyLoader(data, batch_size=4)
+    stream = torch.utils.data.DataLoader(Stream(), batch_size=1)
+    unbatched = torch.utils.data.DataLoader(data, batch_size=None)
+    for loader in (subclass, stream, unbatched):
+        assert isinstance(iterate_batches(loader), torch.utils.data.dataloader._BaseDataLoaderIter)
+    _same_batches(list(iterate_batches(subclass)), list(subclass))
+
+
+def test_grad_clearer_sets_every_gradient_to_none_and_respects_an_own_zero_grad():
+    model = Net()
+    opt = torch.optim.AdamW([{"params": model.body[0].parameters()}, {"params": model.body[3].parameters()}])
+    model(torch.randn(2, 8), torch.tensor([0, 1]))["loss"].backward()
+    clear = grad_clearer(opt)
+    opt.load_state_dict(opt.state_dict())  # replaces opt.param_groups: still cleared
+    clear()
+    assert all(p.grad is None for p in model.parameters())
+
+    class Own(torch.optim.SGD):
+        def zero_grad(self, set_to_none=True):
+            self.calls = getattr(self, "calls", []) + [set_to_none]
+
+    own = Own(model.parameters(), lr=0.1)
+    grad_clearer(own)()
+    assert own.calls == [True]

@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 import torch
 
 from hooktrain.core.args import TrainingArguments
-from hooktrain.core.data import ResumableBatchSampler, default_collate, to_device
+from hooktrain.core.data import ResumableBatchSampler, default_collate, iterate_batches, to_device
 from hooktrain.core.errors import ArgumentError
+from hooktrain.core.grads import grad_clearer
 from hooktrain.core.losses import LossWindow
 from hooktrain.core.manager import PluginManager, build_manager
 from hooktrain.core.seeding import set_seed
@@ -221,12 +222,15 @@ class Trainer:
         state.logging_steps = resolve_steps(args.logging_steps, max_steps)
         state.eval_steps = resolve_steps(args.eval_steps, max_steps)
         state.stop_reason = None
-        self._losses = LossWindow(args.logging_nan_inf_filter)
+        self._losses = LossWindow(args.logging_nan_inf_filter, read_each_step=self.device.type == "cpu")
         self._last_logged = self._last_saved = state.global_step
         # positional callers (arguments in each hookspec's order) for the per-step hooks
         self._call = {n: pm.fast_caller(n) for n in (
             "on_step_begin", "on_step_end", "training_step", "backward", "optimizer_step",
             "should_save", "should_stop")}
+        # the per-step decisions nobody answers are not asked
+        self._asks_save, self._asks_stop = pm.implemented("should_save"), pm.implemented("should_stop")
+        self._zero_grad = grad_clearer(self.optimizer)
         self._no_sync = getattr(self.model_wrapped, "no_sync", None)
         self._log_every = state.logging_steps if args.logging_strategy == "steps" else 0
         self._eval_every = state.eval_steps if args.eval_strategy == "steps" else 0
@@ -269,7 +273,7 @@ class Trainer:
             if epoch != first_epoch or args.ignore_data_skip:
                 skip_steps = 0
             hook.on_epoch_begin(trainer=self, args=args, state=state)
-            batches = iter(loader)
+            batches = iterate_batches(loader)
             partial = len_dl % ga if len_dl != sys.maxsize else 0  # the epoch's last window
             stepped = False
             for update in range(skip_steps, steps_per_epoch):
@@ -296,9 +300,8 @@ class Trainer:
         call["on_step_begin"](self, args, state)
         if n == 1:  # the common case, kept lean: this is the per-step hot path
             batch = micro[0] if self.device.type == "cpu" else to_device(micro[0], self.device)
-            loss = call["training_step"](self, model, batch)
-            call["backward"](self, loss)
-            step_loss = loss.detach()
+            step_loss = call["training_step"](self, model, batch)
+            call["backward"](self, step_loss)
         else:
             losses = []
             for i, batch in enumerate(micro):
@@ -320,7 +323,7 @@ class Trainer:
             state.skipped_steps += 1
         elif self.lr_scheduler is not None:
             self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         self._losses.add(step_loss)
         self._grad_norm = outcome.grad_norm
         state.global_step = gs
@@ -337,8 +340,10 @@ class Trainer:
         metrics = None
         if self._eval_every and gs >= args.eval_delay and (gs % self._eval_every == 0 or last):
             metrics = self.evaluate()
-        self._maybe_save(metrics, "step")
-        self._maybe_stop(metrics)
+        if self._asks_save:
+            self._maybe_save(metrics, "step")
+        if self._asks_stop:
+            self._maybe_stop(metrics)
         return last or state.stop_reason is not None
 
     def _after_epoch(self) -> None:

@@ -223,6 +223,10 @@ class PluginManager(pluggy.PluginManager):
             return lambda *a: function(*pick(a))
         return lambda *a: caller(**dict(zip(spec_names, a, strict=True)))
 
+    def implemented(self, hook_name: str) -> bool:
+        """Whether any registered plugin implements *hook_name*."""
+        return bool(getattr(self.hook, hook_name).get_hookimpls())
+
     def _is_traced(self) -> bool:
         return bool(os.environ.get(TRACE_ENV))
 

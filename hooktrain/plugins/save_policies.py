@@ -21,13 +21,12 @@ from hooktrain.core.state import resolve_steps
 
 
 class NoSave:
-    """``save_strategy="no"``: never save (``trainer.save_checkpoint()`` still works)."""
+    """``save_strategy="no"``: never save (``trainer.save_checkpoint()`` still works).
+
+    It answers no ``should_save`` at all, so that a run without saves is not asked every step.
+    """
 
     name = "no"
-
-    @hookimpl(trylast=True)
-    def should_save(self):
-        return False
 
 
 class EveryNSteps:

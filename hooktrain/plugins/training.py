@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hooktrain.core.data import to_device
+from hooktrain.core.data import iterate_batches, to_device
 from hooktrain.core.markers import hookimpl
 from hooktrain.core.types import EvalOutput, StepOutcome
 
@@ -150,7 +150,7 @@ def evaluation_loop(trainer, model, dataloader):
     loss_sum, loss_count, samples = 0.0, 0, 0
     predictions: list[torch.Tensor] = []
     labels: dict[str, list[torch.Tensor]] = {name: [] for name in label_names}
-    for batch in dataloader:
+    for batch in iterate_batches(dataloader):
         batch = to_device(batch, trainer.device)
         loss, outputs = trainer.compute_loss(model, batch)
         size = _batch_size(batch)
