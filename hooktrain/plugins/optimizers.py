@@ -9,6 +9,7 @@ every trainable parameter except biases and normalisation weights, as in Hugging
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any
 
@@ -17,6 +18,10 @@ import torch
 from hooktrain.core.markers import hookimpl
 
 FUSED = ("adamw_torch_fused", "fused_adam")
+APEX_MISSING = (
+    "optim='adamw_apex' needs NVIDIA apex (https://github.com/NVIDIA/apex), which is not "
+    "installed; use optim='adamw_torch_fused' for a fused AdamW from torch itself"
+)
 _NO_DECAY_NAME = re.compile(r"bias|layernorm|rmsnorm|(^|\.)norm($|\.)|_norm($|\.)", re.IGNORECASE)
 _NORM_TYPES: tuple[type, ...] = (
     torch.nn.LayerNorm,
@@ -66,10 +71,7 @@ def optimizer_class_and_kwargs(args: Any) -> tuple[Any, dict[str, Any]]:
         try:
             from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise ImportError(
-                "optim='adamw_apex' needs NVIDIA apex (https://github.com/NVIDIA/apex), which is not "
-                "installed; use optim='adamw_torch_fused' for a fused AdamW from torch itself"
-            ) from exc
+            raise ImportError(APEX_MISSING) from exc
         cls, kwargs = FusedAdam, {**adam, "adam_w_mode": True}
     else:
         cls = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}[name]
@@ -82,6 +84,8 @@ def optimizer_class_and_kwargs(args: Any) -> tuple[Any, dict[str, Any]]:
 
 @hookimpl
 def validate_args(trainer, args):
+    if args.optim == "adamw_apex" and importlib.util.find_spec("apex") is None:
+        return [APEX_MISSING]
     if args.optim not in FUSED:
         return None
     try:
