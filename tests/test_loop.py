@@ -154,6 +154,51 @@ def test_event_order_with_accumulation_eval_and_logging(tmp_path):
     assert rec.names().count("on_epoch_begin") == 2 and rec.names().count("on_epoch_end") == 2
 
 
+@pytest.mark.parametrize("kw,expected", [
+    ({"eval_strategy": "steps", "eval_steps": 3}, [3, 6, 8]),  # HF's forced evaluation of the last step
+    ({"eval_strategy": "steps", "eval_steps": 2, "eval_delay": 5}, [6, 8]),
+    ({"eval_strategy": "steps", "eval_steps": 4, "eval_on_start": True}, [0, 4, 8]),
+    ({"eval_strategy": "steps", "eval_steps": 0.25}, [2, 4, 6, 8]),  # a ratio of max_steps, rounded up
+    ({"eval_strategy": "epoch"}, [2, 4, 6, 8]),
+    ({"eval_strategy": "epoch", "eval_delay": 3}, [6, 8]),  # epochs, for the epoch strategy
+    ({"eval_strategy": "no", "eval_on_start": True}, [0]),  # as in HF: a sanity check of any run
+])
+def test_evaluation_cadence(tmp_path, kw, expected):
+    rec = Recorder()
+    make(tmp_path, n=4, plugins=[rec], per_device_train_batch_size=2, num_train_epochs=4,
+         eval_ds=Items(3), **kw).train()
+    assert [c[1] for c in rec.calls if c[0] == "on_evaluate"] == expected
+
+
+def test_eval_batches_use_the_eval_batch_size(tmp_path):
+    sizes = []
+
+    class Sizes:
+        @hookimpl(wrapper=True)
+        def evaluation_loop(self, dataloader):
+            sizes.extend(len(batch["x"]) for batch in dataloader)
+            return (yield)
+
+    trainer = make(tmp_path, n=4, plugins=[Sizes()], eval_ds=Items(7), per_device_eval_batch_size=3)
+    assert trainer.evaluate()["eval_loss"] > 0 and sizes == [3, 3, 1]
+
+
+def test_full_determinism_turns_on_deterministic_kernels(tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        runs = []
+        for i in range(2):
+            torch.manual_seed(0)  # the model's initial weights
+            trainer = make(tmp_path / str(i), n=8, full_determinism=True, num_train_epochs=1, seed=7,
+                           model=Net(dropout=0.5))
+            assert torch.are_deterministic_algorithms_enabled()
+            trainer.train()
+            runs.append([p.detach().clone() for p in trainer.model.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def test_should_stop_ends_the_run_early(tmp_path):
     class StopAt3:
         @hookimpl
