@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from hooktrain.core.args import TrainingArguments
+from hooktrain.core.console import console_logging
 from hooktrain.core.data import ResumableBatchSampler, default_collate, iterate_batches, to_device
 from hooktrain.core.errors import ArgumentError
 from hooktrain.core.grads import grad_clearer
@@ -25,23 +26,6 @@ from hooktrain.core.state import TrainerState, resolve_steps
 from hooktrain.core.types import EvalPrediction, StepOutcome
 
 logger = logging.getLogger("hooktrain")
-
-
-def _console_logging(level: str, main_process: bool) -> None:
-    """Show hooktrain's messages on stderr: INFO on the main process, WARNING elsewhere.
-
-    Nothing is added when the application configured logging itself; ``log_level`` (other than
-    ``"passive"``) sets the level of the ``hooktrain`` logger explicitly.
-    """
-    if level != "passive":
-        logger.setLevel(level.upper())
-    elif logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO if main_process else logging.WARNING)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[hooktrain] %(levelname)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
 
 
 class TrainOutput(NamedTuple):
@@ -98,7 +82,7 @@ class Trainer:
         hook.configure(trainer=self, args=args)
         self.plugin_manager.check_pending()
         self.state.is_world_process_zero = self.process_index == 0
-        _console_logging(args.log_level, self.process_index == 0)
+        console_logging(args.log_level, self.process_index == 0)
         if self.model_wrapped is self.model:
             self.model.to(self.device)
 
@@ -230,7 +214,6 @@ class Trainer:
             "should_save", "should_stop")}
         # the per-step decisions nobody answers are not asked
         self._asks_save, self._asks_stop = pm.implemented("should_save"), pm.implemented("should_stop")
-        self._zero_grad = grad_clearer(self.optimizer)
         self._no_sync = getattr(self.model_wrapped, "no_sync", None)
         self._log_every = state.logging_steps if args.logging_strategy == "steps" else 0
         self._eval_every = state.eval_steps if args.eval_strategy == "steps" else 0
@@ -273,16 +256,9 @@ class Trainer:
             if epoch != first_epoch or args.ignore_data_skip:
                 skip_steps = 0
             hook.on_epoch_begin(trainer=self, args=args, state=state)
-            batches = iterate_batches(loader)
-            partial = len_dl % ga if len_dl != sys.maxsize else 0  # the epoch's last window
-            stepped = False
-            for update in range(skip_steps, steps_per_epoch):
-                window = partial if partial and update == steps_per_epoch - 1 else ga
-                if not self._step(batches, window, epoch, update * ga, len_dl):
-                    break  # the data ran out (iterable dataset)
-                stepped = True
-                if self._after_step(max_steps):
-                    break
+            stepped = self._epoch_steps(
+                iterate_batches(loader), epoch, skip_steps, steps_per_epoch, len_dl, max_steps
+            )
             if not stepped and len_dl == sys.maxsize:
                 raise ValueError(f"the train_dataset yielded no batch in epoch {epoch}")
             hook.on_epoch_end(trainer=self, args=args, state=state)
@@ -290,61 +266,84 @@ class Trainer:
             if state.stop_reason or state.global_step >= max_steps:
                 break
 
-    def _step(self, batches: Iterator[Any], window: int, epoch: int, seen: int, len_dl: int) -> bool:
-        """One optimizer step over *window* micro-batches; False when there was no data."""
-        args, state, call, model = self.args, self.state, self._call, self.model_wrapped
-        micro = [next(batches, None)] if window == 1 else list(islice(batches, window))
-        if not micro or micro[0] is None:
-            return False
-        n = len(micro)
-        call["on_step_begin"](self, args, state)
-        if n == 1:  # the common case, kept lean: this is the per-step hot path
-            batch = micro[0] if self.device.type == "cpu" else to_device(micro[0], self.device)
-            step_loss = call["training_step"](self, model, batch)
-            call["backward"](self, step_loss)
-        else:
-            losses = []
-            for i, batch in enumerate(micro):
-                if self.device.type != "cpu":
-                    batch = to_device(batch, self.device)
-                # gradients are all-reduced (DDP) only on the last micro-batch of the window
-                with self._no_sync() if i < n - 1 and self._no_sync else nullcontext():
-                    loss = call["training_step"](self, model, batch)
-                    call["backward"](self, loss / n)
-                losses.append(loss.detach())
-            step_loss = torch.stack(losses).mean()
-        gs = state.global_step + 1
-        self._log_due = bool(self._log_every and gs % self._log_every == 0) or (
-            gs == 1 and args.logging_first_step
-        )
-        outcome: StepOutcome = call["optimizer_step"](self, model, self.optimizer, self._log_due)
-        self._last_lr = self.optimizer.param_groups[0]["lr"]
-        if outcome.skipped:
-            state.skipped_steps += 1
-        elif self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-        self._zero_grad()
-        self._losses.add(step_loss)
-        self._grad_norm = outcome.grad_norm
-        state.global_step = gs
-        state.epoch = epoch + (seen + n) / len_dl if len_dl != sys.maxsize else float(epoch)
-        call["on_step_end"](self, args, state)
-        return True
+    def _epoch_steps(
+        self, batches: Iterator[Any], epoch: int, first_update: int, steps_per_epoch: int, len_dl: int,
+        max_steps: int,
+    ) -> bool:
+        """The optimizer steps of one epoch from update *first_update* on, each followed by its log,
+        evaluation, save and stop decisions. False when not one step was made (no data).
 
-    def _after_step(self, max_steps: int) -> bool:
-        """The step's log, evaluation, save and stop decision; True to end the epoch."""
-        args, state = self.args, self.state
-        gs, last = state.global_step, state.global_step >= max_steps
-        if self._log_due:
-            self._log_training()
-        metrics = None
-        if self._eval_every and gs >= args.eval_delay and (gs % self._eval_every == 0 or last):
-            metrics = self.evaluate()
-        if self._asks_save:
-            self._maybe_save(metrics, "step")
-        if self._asks_stop:
-            self._maybe_stop(metrics)
-        return last or state.stop_reason is not None
+        This is the per-step hot path: what stays the same during an epoch is looked up once.
+        """
+        args, state, model, optimizer = self.args, self.state, self.model_wrapped, self.optimizer
+        call = self._call
+        on_step_begin, training_step, backward = call["on_step_begin"], call["training_step"], call["backward"]
+        optimizer_step, on_step_end = call["optimizer_step"], call["on_step_end"]
+        scheduler_step = self.lr_scheduler.step if self.lr_scheduler is not None else None
+        zero_grad, add_loss = grad_clearer(optimizer), self._losses.add
+        log_every, eval_every, asks_save, asks_stop = self._log_every, self._eval_every, self._asks_save, self._asks_stop
+        ga, on_cpu = args.gradient_accumulation_steps, self.device.type == "cpu"
+        counted = len_dl != sys.maxsize  # False for an iterable dataset: an epoch is one pass
+        partial = len_dl % ga if counted else 0  # the size of the epoch's last window, when partial
+        stepped = False
+        for update in range(first_update, steps_per_epoch):
+            window = partial if partial and update == steps_per_epoch - 1 else ga
+            if window == 1:
+                batch = next(batches, None)
+                if batch is None:
+                    break  # the data ran out (iterable dataset)
+                on_step_begin(self, args, state)
+                step_loss = training_step(self, model, batch if on_cpu else to_device(batch, self.device))
+                backward(self, step_loss)
+                n = 1
+            else:
+                micro = list(islice(batches, window))
+                if not micro:
+                    break
+                on_step_begin(self, args, state)
+                step_loss, n = self._accumulate(micro), len(micro)
+            gs = state.global_step + 1
+            log_due = bool(log_every and gs % log_every == 0) or (gs == 1 and args.logging_first_step)
+            outcome: StepOutcome = optimizer_step(self, model, optimizer, log_due)
+            self._last_lr = optimizer.param_groups[0]["lr"]
+            if outcome.skipped:
+                state.skipped_steps += 1
+            elif scheduler_step is not None:
+                scheduler_step()
+            zero_grad()
+            add_loss(step_loss)
+            self._grad_norm = outcome.grad_norm
+            state.global_step = gs
+            state.epoch = epoch + (update * ga + n) / len_dl if counted else float(epoch)
+            on_step_end(self, args, state)
+            stepped = True
+            # the step's decisions: log, evaluate, save, stop
+            if log_due:
+                self._log_training()
+            last, metrics = gs >= max_steps, None
+            if eval_every and gs >= args.eval_delay and (gs % eval_every == 0 or last):
+                metrics = self.evaluate()
+            if asks_save:
+                self._maybe_save(metrics, "step")
+            if asks_stop:
+                self._maybe_stop(metrics)
+            if last or state.stop_reason is not None:
+                break
+        return stepped
+
+    def _accumulate(self, micro: list[Any]) -> torch.Tensor:
+        """Forward and backward over the micro-batches of one window; the window's mean loss."""
+        call, model, n = self._call, self.model_wrapped, len(micro)
+        losses = []
+        for i, batch in enumerate(micro):
+            if self.device.type != "cpu":
+                batch = to_device(batch, self.device)
+            # gradients are all-reduced (DDP) only on the last micro-batch of the window
+            with self._no_sync() if i < n - 1 and self._no_sync else nullcontext():
+                loss = call["training_step"](self, model, batch)
+                call["backward"](self, loss / n)
+            losses.append(loss.detach())
+        return torch.stack(losses).mean()
 
     def _after_epoch(self) -> None:
         args, state = self.args, self.state
