@@ -133,6 +133,19 @@ def test_docs_tour_links_every_page():
         assert not unlinked, f"{_rel(start)} does not link to {unlinked}"
 
 
+def test_field_counts_in_the_prose_are_true():
+    """"87 fields" / "87 of them": every count of TrainingArguments fields in the docs is current."""
+    from dataclasses import fields
+
+    from hooktrain import TrainingArguments
+
+    count = len(fields(TrainingArguments))
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        stated = [int(n) for n in re.findall(r"\b(\d+) (?:fields\b|of them\b)", text)]
+        assert all(n == count for n in stated), f"{_rel(page)} states {stated} fields; there are {count}"
+
+
 def test_no_run_blocks_are_only_for_launches_or_servers():
     """Skipping is the exception: a no-run block must say why, or launch processes or a server."""
     reasons = ("torchrun", "launch", "server", "mlflow ui", "tensorboard", "multi", "distributed",
