@@ -24,6 +24,8 @@ import math
 import statistics
 import tempfile
 import time
+from functools import partial
+from typing import Any
 
 import torch
 
@@ -59,10 +61,8 @@ def collate(items):
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def raw_loop(data, shortcuts: bool = False) -> list[float]:
-    from hooktrain.core.data import iterate_batches
-    from hooktrain.core.grads import grad_clearer
-
+def w1_parts(data) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any, torch.utils.data.DataLoader]:
+    """The hand-written W1 setup: model, AdamW, linear warm-up schedule, shuffled loader."""
     torch.manual_seed(1234)
     model = MLP()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -72,25 +72,35 @@ def raw_loop(data, shortcuts: bool = False) -> list[float]:
     )
     sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(0))
     loader = torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler, collate_fn=collate)
-    batches, zero_grad = (iterate_batches(loader), grad_clearer(opt)) if shortcuts else (loader, None)
+    return model, opt, sched, loader
+
+
+def hand_written(model, opt, sched, loader, shortcuts: bool = False) -> list[float]:
+    """The plain loop, stamping the end of every optimizer step; *shortcuts*: read the batches and
+    clear the gradients as hooktrain does (without torch's per-step profiler ranges)."""
+    from hooktrain.core.data import iterate_batches
+    from hooktrain.core.grads import grad_clearer
+
+    batches = iterate_batches(loader) if shortcuts else loader
+    zero_grad = grad_clearer(opt) if shortcuts else partial(opt.zero_grad, set_to_none=True)
     stamps = []
     model.train()
     for batch in batches:
-        loss = model(**batch)["loss"]
-        loss.backward()
+        model(**batch)["loss"].backward()
         opt.step()
         sched.step()
-        if zero_grad:
-            zero_grad()
-        else:
-            opt.zero_grad(set_to_none=True)
+        zero_grad()
         stamps.append(time.perf_counter())
     return stamps
 
 
-def hooktrain_loop(data, before_train=None, **overrides) -> list[float]:
-    """hooktrain on the W1 workload; *overrides* change the arguments, *before_train(trainer)* runs
-    just before ``train()`` (benchmarks/bench_reporting.py uses both)."""
+def raw_loop(data, shortcuts: bool = False) -> list[float]:
+    return hand_written(*w1_parts(data), shortcuts=shortcuts)
+
+
+def with_hooktrain(model, data, settings: dict[str, Any], before_train=None) -> list[float]:
+    """Train *model* with hooktrain, stamping the end of every optimizer step; *before_train(trainer)*
+    runs just before ``train()``."""
     from hooktrain import Trainer, TrainingArguments, hookimpl
 
     stamps: list[float] = []
@@ -100,19 +110,22 @@ def hooktrain_loop(data, before_train=None, **overrides) -> list[float]:
         def on_step_end(self):
             stamps.append(time.perf_counter())
 
-    torch.manual_seed(1234)
     with tempfile.TemporaryDirectory() as out:
-        settings = dict(
-            output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=1e-3,
-            optim="adamw_torch", lr_scheduler_type="linear", warmup_ratio=0.1, max_grad_norm=0.0,
-            save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=50, seed=1234,
-        )
-        trainer = Trainer(MLP(), TrainingArguments(**{**settings, **overrides}), train_dataset=data,
-                          plugins=[Stamp()])
+        base = dict(save_strategy="no", report_to="none", disable_tqdm=True, max_grad_norm=0.0, num_train_epochs=1)
+        args = TrainingArguments(output_dir=out, **{**base, **settings})
+        trainer = Trainer(model, args, train_dataset=data, plugins=[Stamp()])
         if before_train is not None:
             before_train(trainer)
         trainer.train()
     return stamps
+
+
+def hooktrain_loop(data, before_train=None, **overrides) -> list[float]:
+    """hooktrain on the W1 workload; *overrides* change the arguments (benchmarks/bench_reporting.py)."""
+    torch.manual_seed(1234)
+    settings = dict(per_device_train_batch_size=BATCH, learning_rate=1e-3, optim="adamw_torch",
+                    lr_scheduler_type="linear", warmup_ratio=0.1, logging_steps=50, seed=1234)
+    return with_hooktrain(MLP(), data, {**settings, **overrides}, before_train)
 
 
 class TinyData(torch.utils.data.Dataset):
@@ -140,48 +153,20 @@ class Tiny(torch.nn.Module):
 
 
 def raw_tiny(data, shortcuts: bool = False) -> list[float]:
-    from hooktrain.core.data import iterate_batches
-    from hooktrain.core.grads import grad_clearer
-
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(0))
     loader = torch.utils.data.DataLoader(data, batch_size=1, sampler=sampler, collate_fn=collate)
-    batches, zero_grad = (iterate_batches(loader), grad_clearer(opt)) if shortcuts else (loader, None)
-    stamps = []
-    for batch in batches:
-        model(**batch)["loss"].backward()
-        opt.step()
-        sched.step()
-        if zero_grad:
-            zero_grad()
-        else:
-            opt.zero_grad(set_to_none=True)
-        stamps.append(time.perf_counter())
-    return stamps
+    return hand_written(model, opt, sched, loader, shortcuts)
 
 
 def hooktrain_tiny(data) -> list[float]:
-    from hooktrain import Trainer, TrainingArguments, hookimpl
-
-    stamps: list[float] = []
-
-    class Stamp:
-        @hookimpl
-        def on_step_end(self):
-            stamps.append(time.perf_counter())
-
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=1, num_train_epochs=1, optim="sgd", learning_rate=0.1,
-            lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no", report_to="none",
-            disable_tqdm=True, logging_steps=100_000,
-        )
-        Trainer(Tiny(), args, train_dataset=data, plugins=[Stamp()]).train()
-    return stamps
+    settings = dict(per_device_train_batch_size=1, optim="sgd", learning_rate=0.1,
+                    lr_scheduler_type="constant", logging_steps=100_000)
+    return with_hooktrain(Tiny(), data, settings)
 
 
 def per_step(stamps: list[float]) -> float:

@@ -38,22 +38,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_loop  # noqa: E402
-from bench_loop import BATCH, MLP, STEPS, Data, collate, per_step  # noqa: E402
+from bench_loop import STEPS, Data, per_step  # noqa: E402
 
 
 def raw_loop_with_writer(data) -> list[float]:
     """bench_loop.raw_loop, plus the gradient norm and four add_scalar calls per step."""
     from torch.utils.tensorboard import SummaryWriter
 
-    torch.manual_seed(1234)
-    model = MLP()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    warm = math.ceil(0.1 * STEPS)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: t / max(1, warm) if t < warm else max(0.0, (STEPS - t) / max(1, STEPS - warm))
-    )
-    sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(0))
-    loader = torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler, collate_fn=collate)
+    model, opt, sched, loader = bench_loop.w1_parts(data)
     stamps = []
     with tempfile.TemporaryDirectory() as logdir:
         writer = SummaryWriter(log_dir=logdir)
