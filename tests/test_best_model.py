@@ -110,6 +110,19 @@ def test_save_strategy_best_saves_only_new_bests(tmp_path):
     assert trainer.state.best_global_step == 8
 
 
+def test_save_strategy_best_respects_another_plugins_veto(tmp_path):
+    from hooktrain import hookimpl
+
+    class NotBefore5:
+        @hookimpl
+        def should_save(self, state):
+            return False if state.global_step < 5 else None
+
+    args = make_args(tmp_path, save_strategy="best", greater_is_better=False)
+    scripted_trainer(args, {2: 1.0, 4: 0.5, 6: 0.75, 8: 0.25, 10: 0.5}, plugins=[NotBefore5()]).train()
+    assert checkpoints(tmp_path) == ["checkpoint-8"]
+
+
 def test_save_strategy_no_with_load_best_saves_only_the_bests(tmp_path):
     args = make_args(tmp_path, save_strategy="no", load_best_model_at_end=True, greater_is_better=False)
     trainer = scripted_trainer(args, LOWER)

@@ -3,14 +3,14 @@
 Active when ``load_best_model_at_end`` is on or ``metric_for_best_model`` is set. After every
 evaluation of a training run, a strictly better ``metric_for_best_model`` (direction from
 ``greater_is_better``) updates ``state.best_metric`` and ``state.best_global_step``. With
-``load_best_model_at_end`` (or ``save_strategy="best"``) a new best is saved on the spot, even on
-a step the save policy would skip, so the best weights always exist on disk; the best checkpoint
+``load_best_model_at_end`` a new best is saved on the spot, even on a step the save policy would
+skip, so the best weights always exist on disk; the best checkpoint
 is kept by ``save_total_limit`` rotation, and at the end of training its weights are loaded into
 ``trainer.model``. With ``metric_for_best_model`` alone the best is tracked but the save policy
 decides what is saved: ``best_model_checkpoint`` is then ``None`` while the newest best is not on
 disk.
 
-Reads: load_best_model_at_end, metric_for_best_model, greater_is_better, save_strategy.
+Reads: load_best_model_at_end, metric_for_best_model, greater_is_better.
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ def is_active(args: Any) -> bool:
 class BestModel:
     """Tracks the best evaluation of a run in ``TrainerState`` and materialises its checkpoint."""
 
-    def __init__(self, monitor: Monitor, load_at_end: bool, always_save: bool):
+    def __init__(self, monitor: Monitor, load_at_end: bool):
         self.monitor = monitor
-        self.load_at_end = load_at_end
-        self.always_save = always_save  # save a new best even when the save policy would not
+        self.load_at_end = load_at_end  # also: save a new best even when the save policy would not
         self._training = False
         self._new_best_step: int | None = None  # the step whose evaluation just set a new best
         self._last_save: tuple[int, str] | None = None  # (step, dir) of this run's latest save
@@ -79,7 +78,7 @@ class BestModel:
         """
         if metrics is None or self._new_best_step != state.global_step:
             return None
-        wanted = self.always_save or (self._policy is not None and bool(self._policy(
+        wanted = self.load_at_end or (self._policy is not None and bool(self._policy(
             trainer=trainer, args=args, state=state, metrics=metrics, trigger=trigger)))
         if wanted and state.best_model_checkpoint is None:
             state.best_model_checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -93,12 +92,7 @@ class BestModel:
 
     @hookimpl
     def protected_checkpoints(self, state):
-        names = []
-        if state.best_model_checkpoint:
-            names.append(Path(state.best_model_checkpoint).name)
-        if state.best_global_step is not None:
-            names.append(f"checkpoint-{state.best_global_step}")
-        return names or None
+        return [Path(state.best_model_checkpoint).name] if state.best_model_checkpoint else None
 
     @hookimpl
     def on_train_end(self, trainer, state, status):
@@ -130,8 +124,7 @@ def validate_args(trainer, args):
     if not is_active(args):
         return None
     problems = []
-    metric = args.metric_for_best_model or "loss"
-    name = Monitor(metric).name
+    name = Monitor(args.metric_for_best_model).name
     if name not in _BUILTIN_METRICS and (trainer.compute_metrics is None or args.prediction_loss_only):
         why = "prediction_loss_only=True" if args.prediction_loss_only else "without compute_metrics"
         problems.append(
@@ -145,7 +138,6 @@ def validate_args(trainer, args):
 def configure(trainer, args):
     if not is_active(args):
         return
-    monitor = Monitor(args.metric_for_best_model or "loss", args.greater_is_better)
-    always_save = bool(args.load_best_model_at_end) or args.save_strategy == "best"
+    monitor = Monitor(args.metric_for_best_model, args.greater_is_better)  # args default it to "loss"
     trainer.plugin_manager.register(
-        BestModel(monitor, bool(args.load_best_model_at_end), always_save), name="best_model.tracker")
+        BestModel(monitor, bool(args.load_best_model_at_end)), name="best_model.tracker")

@@ -18,7 +18,7 @@ back on resume, so a resumed run continues its patience count.
 
 Reads: early_stopping_patience, early_stopping_threshold, early_stopping_check_finite,
 early_stopping_stopping_threshold, early_stopping_divergence_threshold, metric_for_best_model,
-greater_is_better, eval_strategy.
+greater_is_better.
 """
 
 from __future__ import annotations
@@ -151,29 +151,10 @@ class EarlyStopping:
 
 
 @hookimpl
-def validate_args(trainer, args):
-    if not is_active(args):
-        return None
-    problems = []
-    active = next(n for n in _FIELDS if getattr(args, n) is not None)
-    if args.eval_strategy == "no":
-        problems.append(
-            f"{active}={getattr(args, active)!r} needs an evaluation: set eval_strategy to 'steps' "
-            "or 'epoch' (and pass an eval_dataset)")
-    patience = args.early_stopping_patience
-    if patience is not None and patience < 1:
-        problems.append(f"early_stopping_patience={patience!r} must be >= 1 or None")
-    threshold = args.early_stopping_threshold
-    if threshold is None or not threshold >= 0:
-        problems.append(f"early_stopping_threshold={threshold!r} must be >= 0")
-    return problems
-
-
-@hookimpl
 def configure(trainer, args):
     if not is_active(args):
         return
-    monitor = Monitor(args.metric_for_best_model or "loss", args.greater_is_better,
+    monitor = Monitor(args.metric_for_best_model, args.greater_is_better,  # args default it to "loss"
                       args.early_stopping_threshold)
     trainer.plugin_manager.register(
         EarlyStopping(
