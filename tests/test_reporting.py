@@ -349,6 +349,24 @@ def test_report_errors_raise_makes_a_failing_reporter_fatal(chdir_tmp):
     assert_same_scalars(tb["scalars"], tracker_series(trainer.state.log_history), rel=1e-6)
 
 
+def test_report_errors_raise_at_the_final_summary_still_ends_every_run(chdir_tmp):
+    """A reporter that breaks at its start, seen only at the summary (no log event before it)."""
+    out = chdir_tmp / "out"
+
+    class FailsAtStart(Recorder):
+        @hookimpl
+        def report_run_start(self, run_name, config):
+            raise RuntimeError("cannot open the run")
+
+    trainer = Trainer(args=make_args(out, report_to=["tensorboard"], report_errors="raise", max_steps=4,
+                                     logging_strategy="no", eval_strategy="no"),
+                      plugins=[FailsAtStart("opener")], **tiny_trainer_parts())
+    with pytest.raises(ReporterError, match="cannot open the run"):
+        trainer.train()
+    assert read_tensorboard(out / "runs")["status"] == "failed"  # the healthy reporter was closed
+    assert not [t for t in threading.enumerate() if t.name.startswith("hooktrain-report")]
+
+
 def test_report_errors_raise_makes_a_failing_run_end_fatal_after_training(chdir_tmp):
     out = chdir_tmp / "out"
 

@@ -219,22 +219,23 @@ class Trainer:
         self._eval_every = state.eval_steps if args.eval_strategy == "steps" else 0
         status, start, start_step = "failed", time.time(), state.global_step
         try:
-            hook.on_train_begin(trainer=self, args=args, state=state)
-            if args.eval_on_start and state.global_step == 0:
-                self.evaluate()
-            self._epochs(loader, len_dl, steps_per_epoch, epochs, max_steps)
-            self._maybe_save(None, "train_end")
-            status = "stopped" if state.stop_reason else "completed"
-        except KeyboardInterrupt as error:
-            pm.call_each("on_exception", trainer=self, args=args, state=state, error=error)
-            state.stop_reason = "interrupted (KeyboardInterrupt)"
-            logger.warning("training interrupted at step %d; ending the run", state.global_step)
-            status = "stopped"
+            try:
+                hook.on_train_begin(trainer=self, args=args, state=state)
+                if args.eval_on_start and state.global_step == 0:
+                    self.evaluate()
+                self._epochs(loader, len_dl, steps_per_epoch, epochs, max_steps)
+                self._maybe_save(None, "train_end")
+                status = "stopped" if state.stop_reason else "completed"
+            except KeyboardInterrupt as error:
+                pm.call_each("on_exception", trainer=self, args=args, state=state, error=error)
+                state.stop_reason = "interrupted (KeyboardInterrupt)"
+                logger.warning("training interrupted at step %d; ending the run", state.global_step)
+                status = "stopped"
+            metrics = self._summary(start, state.global_step - start_step)  # a log event: may fail too
         except BaseException as error:
             pm.call_each("on_exception", trainer=self, args=args, state=state, error=error)
             pm.call_each("on_train_end", trainer=self, args=args, state=state, status="failed")
             raise
-        metrics = self._summary(start, state.global_step - start_step)
         errors = pm.call_each("on_train_end", trainer=self, args=args, state=state, status=status)
         if errors:  # every plugin has finished its end of run; now the first failure surfaces
             raise errors[0]
