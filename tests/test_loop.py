@@ -556,6 +556,26 @@ def test_label_smoothing_raises_the_loss_of_a_confident_model(tmp_path):
     assert smoothed == pytest.approx(expected, rel=1e-5)
 
 
+def test_label_smoothing_needs_logits_and_runs_one_forward_per_step(tmp_path):
+    def loss_only(model, batch):
+        return model(batch["x"], batch["labels"])["loss"]
+
+    with pytest.raises(ArgumentError, match="apply the smoothing inside compute_loss"):
+        Trainer(Net(), TrainingArguments(output_dir=str(tmp_path), report_to="none", label_smoothing_factor=0.1),
+                train_dataset=Items(4), compute_loss=loss_only)
+
+    class NoLogits(Net):
+        calls = 0
+
+        def forward(self, x, labels=None, index=None):
+            NoLogits.calls += 1
+            return {"loss": super().forward(x, labels)["loss"]}
+
+    with pytest.raises(ValueError, match="needs the model's logits"):
+        make(tmp_path, n=4, model=NoLogits(), label_smoothing_factor=0.1, max_steps=1).train()
+    assert NoLogits.calls == 1
+
+
 def test_input_tokens_are_counted(tmp_path):
     trainer = make(tmp_path, n=8, include_num_input_tokens_seen=True, per_device_train_batch_size=2,
                    num_train_epochs=1, logging_steps=2)

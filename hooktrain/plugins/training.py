@@ -37,8 +37,10 @@ class LabelSmoothing:
             return None
         _, outputs = trainer.compute_loss(model, batch)
         logits = _logits(outputs)
-        if logits is None:
-            return None
+        if logits is None:  # not None: the default training_step would run the forward again
+            raise ValueError(
+                "label_smoothing_factor needs the model's logits: return 'logits' from forward "
+                "(a dict or an object with .logits)")
         return torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
             ignore_index=-100, label_smoothing=self.epsilon,
@@ -75,6 +77,14 @@ class CacheEmptier:
     def on_step_end(self, trainer, state):
         if state.global_step % self.every == 0 and trainer.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+@hookimpl
+def validate_args(trainer, args):
+    if args.label_smoothing_factor > 0 and trainer.compute_loss_func is not None:
+        return [f"label_smoothing_factor={args.label_smoothing_factor} smooths the model's own logits; "
+                "with compute_loss=... apply the smoothing inside compute_loss instead"]
+    return None
 
 
 @hookimpl
