@@ -406,11 +406,11 @@ def test_overwrite_guard(tmp_path):
 
 def test_resaving_a_step_after_resuming_from_an_older_checkpoint_replaces_it(tmp_path):
     make_trainer(tmp_path).train()
-    before = json.loads((tmp_path / "checkpoint-6" / "manifest.json").read_text())["created_unix"]
+    before = (tmp_path / "checkpoint-6").stat().st_ino
     trainer = make_trainer(tmp_path)
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert steps(tmp_path) == [2, 4, 6]
-    assert json.loads((tmp_path / "checkpoint-6" / "manifest.json").read_text())["created_unix"] >= before
+    assert (tmp_path / "checkpoint-6").stat().st_ino != before  # a new directory took its place
     assert all(verify(tmp_path / f"checkpoint-{s}") == [] for s in (2, 4, 6))
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -432,10 +432,18 @@ def test_a_foreign_directory_with_a_checkpoint_name_is_never_replaced(tmp_path):
     (tmp_path / "checkpoint-2").mkdir(parents=True)
     (tmp_path / "checkpoint-2" / "data.txt").write_text("theirs")
     trainer = make_trainer(tmp_path, max_steps=2, overwrite_output_dir=True)
-    with pytest.raises(CheckpointError, match="checkpoint-2 exists and hooktrain did not write it"):
+    with pytest.raises(CheckpointError, match="holds checkpoint-2, which hooktrain did not write"):
         trainer.train()
+    assert trainer.state.global_step == 0  # refused at the start, not at the save of step 2
     assert (tmp_path / "checkpoint-2" / "data.txt").read_text() == "theirs"
     assert not list(tmp_path.glob(".tmp-*"))
+    # met by a resumed run's save (no start-up guard on resume): refused there, still untouched
+    (tmp_path / "checkpoint-2").rename(tmp_path / "theirs")
+    make_trainer(tmp_path, max_steps=1).train()
+    (tmp_path / "theirs").rename(tmp_path / "checkpoint-2")
+    with pytest.raises(CheckpointError, match="checkpoint-2 exists and hooktrain did not write it"):
+        make_trainer(tmp_path, max_steps=2).train(resume_from_checkpoint=True)
+    assert (tmp_path / "checkpoint-2" / "data.txt").read_text() == "theirs"
 
 
 # ---- save_only_model and save_model -------------------------------------------------------------------

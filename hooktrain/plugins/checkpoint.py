@@ -777,6 +777,16 @@ class CheckpointStore:
                     "them (only hooktrain's own checkpoint-N directories are deleted), or choose another "
                     "output_dir"
                 )
+            # a directory of a step this run may save, that hooktrain did not write: refused now,
+            # not when the save of that step meets it
+            blocking = [p.name for p in existing
+                        if not is_own_checkpoint(p) and (checkpoint_step(p) or 0) <= trainer.state.max_steps]
+            if blocking:
+                raise CheckpointError(
+                    f"output_dir {out} holds {', '.join(blocking)}, which hooktrain did not write (no "
+                    "hooktrain manifest.json) and will not delete or replace; move it away or choose "
+                    "another output_dir"
+                )
             if existing and writer:
                 for path in existing:
                     if is_own_checkpoint(path):
