@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hooktrain.core.monitor import Monitor
 from hooktrain.plugins.checkpoint import (
     ARGS_NAME,
     TMP_PREFIX,
@@ -39,11 +40,6 @@ def _size(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def _metric_name(args: dict[str, Any]) -> str:
-    name = args.get("metric_for_best_model") or "loss"
-    return name if name.startswith("eval_") else f"eval_{name}"
-
-
 def _metric_at(state: dict[str, Any], name: str, step: int) -> float | None:
     for entry in reversed(state.get("log_history") or []):
         if entry.get("step") == step and name in entry:
@@ -55,9 +51,10 @@ def describe(output_dir: str | Path) -> list[dict[str, Any]]:
     """One dict per checkpoint of *output_dir* (see the module docstring), by step."""
     out = Path(output_dir)
     rows: list[dict[str, Any]] = []
+    newest_state: dict[str, Any] = {}
     for step, path in list_checkpoints(out):
-        state = _read_json(path / TRAINER_STATE_NAME)
-        metric = _metric_name(_read_json(path / ARGS_NAME))
+        state = newest_state = _read_json(path / TRAINER_STATE_NAME)
+        metric = Monitor(_read_json(path / ARGS_NAME).get("metric_for_best_model") or "loss").name
         problems = verify(path)
         rows.append({
             "name": path.name, "path": str(path), "step": step, "epoch": state.get("epoch"),
@@ -79,8 +76,7 @@ def describe(output_dir: str | Path) -> list[dict[str, Any]]:
     rows.sort(key=lambda r: (r["step"], r["incomplete"]))
     complete = [r for r in rows if not r["incomplete"]]
     if complete:  # the newest checkpoint's state knows the run's best
-        newest = _read_json(Path(str(complete[-1]["path"])) / TRAINER_STATE_NAME)
-        best_step = newest.get("best_global_step")
+        best_step = newest_state.get("best_global_step")
         for row in complete:
             row["best"] = best_step is not None and row["step"] == best_step
     return rows
@@ -89,7 +85,7 @@ def describe(output_dir: str | Path) -> list[dict[str, Any]]:
 def _human(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+        if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TB"

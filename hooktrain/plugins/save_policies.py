@@ -37,19 +37,16 @@ class EveryNSteps:
     def __init__(self, save_steps: float):
         self.save_steps = save_steps
 
-    def interval(self, max_steps: int) -> int:
-        return resolve_steps(self.save_steps, max_steps)
-
     @hookimpl
     def on_train_begin(self, state):
-        state.save_steps = self.interval(state.max_steps)
+        state.save_steps = resolve_steps(self.save_steps, state.max_steps)
 
     @hookimpl(trylast=True)
     def should_save(self, state, trigger):
         if trigger != "step":
             return False
         step = state.global_step
-        return step % self.interval(state.max_steps) == 0 or (0 < state.max_steps <= step)
+        return step % state.save_steps == 0 or (0 < state.max_steps <= step)
 
 
 class EveryEpoch:
