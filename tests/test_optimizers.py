@@ -125,3 +125,8 @@ def test_apex_without_apex_is_an_error_at_construction(tmp_path):
         pytest.skip("NVIDIA apex is installed here")
     with pytest.raises(ArgumentError, match=r"needs NVIDIA apex .*adamw_torch_fused"):
         trainer(tmp_path, optim="adamw_apex")
+
+
+def test_weight_decay_in_optim_args_is_refused_with_the_argument_to_use(tmp_path):
+    with pytest.raises(ArgumentError, match=r"set weight_decay=0.1 as its own argument"):
+        trainer(tmp_path, optim="adamw_torch", optim_args={"weight_decay": 0.1})

@@ -4,7 +4,9 @@ weight_decay, adam_beta1, adam_beta2, adam_epsilon.
 Names: ``adamw_hf`` and ``adamw_torch`` (``torch.optim.AdamW``; the removed Hugging Face AdamW class
 computed the same update), ``adamw_torch_fused`` / ``fused_adam`` (``AdamW(fused=True)``),
 ``adamw_apex`` (NVIDIA apex ``FusedAdam``), ``sgd``, ``adagrad``, ``rmsprop``. Weight decay applies to
-every trainable parameter except biases and normalisation weights, as in Hugging Face.
+every trainable parameter except biases and normalisation weights. Hugging Face recognises
+normalisation layers by name and by ``nn.LayerNorm`` only; hooktrain also by the BatchNorm, GroupNorm
+and RMSNorm types (docs/migrating-from-hf.md).
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def optimizer_class_and_kwargs(args: Any) -> tuple[Any, dict[str, Any]]:
 def validate_args(trainer, args):
     if args.optim == "adamw_apex" and importlib.util.find_spec("apex") is None:
         return [APEX_MISSING]
+    if "weight_decay" in (args.optim_args or {}):  # the parameter groups would override it
+        return [f"optim_args={args.optim_args!r}: set weight_decay={args.optim_args['weight_decay']!r} "
+                "as its own argument (it is applied per parameter group, without biases and norms)"]
     if args.optim not in FUSED:
         return None
     try:
