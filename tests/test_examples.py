@@ -204,7 +204,9 @@ def test_tiny_gpt_smoke_kill_and_resume(tmp_path):
     # resume from the newest checkpoint: the run ends exactly like the uninterrupted one
     resumed = hooktrain_train(config, "--output_dir", str(run), "--resume_from_checkpoint", "true", env=quiet)
     check_ok(resumed)
-    assert "resumed from" in resumed.stderr or "checkpoint-6" in resumed.stderr
+    # really resumed (smoke.yaml sets overwrite_output_dir, so a silent restart would delete and redo)
+    assert "resumed from" in resumed.stderr and "checkpoint-6 (step 6)" in resumed.stderr
+    assert "deleting" not in resumed.stderr
     state = read_state(run)
     assert state["global_step"] == 12
     assert losses(state) == losses(reference)
