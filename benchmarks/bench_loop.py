@@ -82,7 +82,7 @@ def hand_written(model, opt, sched, loader, shortcuts: bool = False) -> list[flo
     from hooktrain.core.grads import grad_clearer
 
     batches = iterate_batches(loader) if shortcuts else loader
-    zero_grad = grad_clearer(opt) if shortcuts else partial(opt.zero_grad, set_to_none=True)
+    zero_grad = grad_clearer(opt, model) if shortcuts else partial(opt.zero_grad, set_to_none=True)
     stamps = []
     model.train()
     for batch in batches:

@@ -576,6 +576,68 @@ def test_label_smoothing_needs_logits_and_runs_one_forward_per_step(tmp_path):
     assert NoLogits.calls == 1
 
 
+def test_training_puts_the_model_in_train_mode(tmp_path):
+    modes = []
+
+    class Mode:
+        @hookimpl
+        def on_step_begin(self, trainer):
+            modes.append(trainer.model.training)
+
+    model = Net(dropout=0.5).eval()  # as from_pretrained hands it over
+    make(tmp_path, n=4, plugins=[Mode()], model=model, max_steps=2, eval_strategy="steps", eval_steps=1,
+         eval_ds=Items(2)).train()
+    assert modes == [True, True]  # also after the evaluation of step 1
+
+
+@pytest.mark.parametrize("logging_steps", [1, 4])  # 4: the last NaN falls after the last log
+def test_train_loss_skips_a_wholly_nonfinite_window_and_counts_every_nonfinite_step(tmp_path, logging_steps):
+    class NanOn:
+        losses: list[float] = []
+
+        @hookimpl(wrapper=True)
+        def training_step(self, trainer):
+            loss = yield
+            if trainer.state.global_step in (0, 5):
+                loss = loss + (float("nan") - loss.detach())
+            self.losses.append(float(loss.detach()))
+            return loss
+
+    rec = NanOn()
+    rec.losses = []
+    trainer = make(tmp_path, n=6, plugins=[rec], logging_steps=logging_steps, learning_rate=0.0,
+                   num_train_epochs=1, max_grad_norm=0.0)
+    result = trainer.train()
+    finite = [v for v in rec.losses if math.isfinite(v)]  # with logging_steps=1 step 1's window is all NaN
+    assert len(finite) == 4 and result.training_loss == pytest.approx(sum(finite) / 4, rel=1e-6)
+    assert trainer.state.nonfinite_steps == 2
+
+
+def test_resume_with_a_loader_of_its_own_reads_past_the_seen_batches(tmp_path):
+    class OwnLoader(Trainer):
+        def get_train_dataloader(self):
+            return torch.utils.data.DataLoader(self.train_dataset, batch_size=2)  # not resumable
+
+    class Seen:
+        def __init__(self):
+            self.indices = []
+
+        @hookimpl
+        def training_step(self, batch):
+            self.indices.extend(int(i) for i in batch["index"])
+
+    def run(seen, **kw):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=True, max_steps=4,
+                                 per_device_train_batch_size=2, save_strategy="steps", save_steps=2, **kw)
+        return OwnLoader(Net(), args, train_dataset=Items(8), plugins=[seen])
+
+    whole = Seen()
+    run(whole).train()
+    resumed = Seen()
+    run(resumed, overwrite_output_dir=True).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert whole.indices == list(range(8)) and resumed.indices == [4, 5, 6, 7]
+
+
 def test_input_tokens_are_counted(tmp_path):
     trainer = make(tmp_path, n=8, include_num_input_tokens_seen=True, per_device_train_batch_size=2,
                    num_train_epochs=1, logging_steps=2)
@@ -590,12 +652,21 @@ def test_iterable_dataset_runs_max_steps_across_passes(tmp_path):
             data = Items(5)
             return iter([data[i] for i in range(5)])
 
-    rec = Recorder()
+    class Epochs:
+        seen: list[float] = []
+
+        @hookimpl
+        def on_step_end(self, state):
+            self.seen.append(state.epoch)
+
+    rec, epochs = Recorder(), Epochs()
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", save_strategy="no", disable_tqdm=True,
                              max_steps=4, gradient_accumulation_steps=2, per_device_train_batch_size=1)
-    result = Trainer(Net(), args, train_dataset=Stream(), plugins=[rec]).train()
+    result = Trainer(Net(), args, train_dataset=Stream(), plugins=[rec, epochs]).train()
     # 5 batches per pass: windows 2, 2, then the pass ends with a partial window of 1, then 2
     assert result.global_step == 4 and rec.windows == [2, 2, 1, 2]
+    # as HF without a length: micro-batches of the pass / (max_steps × GA), plus the passes done
+    assert epochs.seen == [0.25, 0.5, 0.625, 1.25]
 
 
 def test_iterable_dataset_needs_max_steps(tmp_path):
@@ -628,7 +699,7 @@ def test_loss_window_reading_each_step_equals_keeping_tensors(filter_nonfinite, 
     assert first[1:] == (5, 1) and second[1:] == (2, 1)
     if filter_nonfinite:
         assert first[0] == pytest.approx((1.0 + 2.5 + 4.0 - 1.0) / 4) and second[0] == pytest.approx(0.5)
-        assert read.mean_over_run() == pytest.approx((first[0] * 5 + second[0] * 2) / 7)
+        assert read.mean_over_run() == pytest.approx((1.0 + 2.5 + 4.0 - 1.0 + 0.5) / 5)  # the finite steps
     else:
         assert math.isinf(first[0]) and math.isnan(second[0]) and math.isnan(read.mean_over_run())
     assert math.isnan(empty[0]) and empty[1:] == (0, 0)
@@ -686,19 +757,20 @@ def test_iterate_batches_leaves_other_loaders_to_torch():
     _same_batches(list(iterate_batches(subclass)), list(subclass))
 
 
-def test_grad_clearer_sets_every_gradient_to_none_and_respects_an_own_zero_grad():
+def test_grad_clearer_clears_the_model_and_the_optimizer_and_respects_an_own_zero_grad():
     model = Net()
-    opt = torch.optim.AdamW([{"params": model.body[0].parameters()}, {"params": model.body[3].parameters()}])
-    model(torch.randn(2, 8), torch.tensor([0, 1]))["loss"].backward()
-    clear = grad_clearer(opt)
-    opt.load_state_dict(opt.state_dict())  # replaces opt.param_groups: still cleared
-    clear()
-    assert all(p.grad is None for p in model.parameters())
+    outside = torch.nn.Parameter(torch.ones(2))  # optimized, but not a parameter of the model
+    # body.0 is trainable but not optimized: its gradient must not pile up either (HF: model.zero_grad)
+    opt = torch.optim.AdamW([{"params": model.body[3].parameters()}, {"params": [outside]}])
+    (model(torch.randn(2, 8), torch.tensor([0, 1]))["loss"] + outside.sum()).backward()
+    grad_clearer(opt, model)()
+    assert all(p.grad is None for p in [*model.parameters(), outside])
 
     class Own(torch.optim.SGD):
         def zero_grad(self, set_to_none=True):
             self.calls = getattr(self, "calls", []) + [set_to_none]
 
-    own = Own(model.parameters(), lr=0.1)
-    grad_clearer(own)()
-    assert own.calls == [True]
+    own = Own(model.body[3].parameters(), lr=0.1)
+    model(torch.randn(2, 8), torch.tensor([0, 1]))["loss"].backward()
+    grad_clearer(own, model)()
+    assert own.calls == [True] and all(p.grad is None for p in model.parameters())

@@ -207,7 +207,7 @@ class Trainer:
         state.eval_steps = resolve_steps(args.eval_steps, max_steps)
         state.stop_reason = None
         self._losses = LossWindow(args.logging_nan_inf_filter, read_each_step=self.device.type == "cpu")
-        self._last_logged = self._last_saved = state.global_step
+        self._last_saved = state.global_step
         # positional callers (arguments in each hookspec's order) for the per-step hooks
         self._call = {n: pm.fast_caller(n) for n in (
             "on_step_begin", "on_step_end", "training_step", "backward", "optimizer_step",
@@ -218,6 +218,7 @@ class Trainer:
         self._log_every = state.logging_steps if args.logging_strategy == "steps" else 0
         self._eval_every = state.eval_steps if args.eval_strategy == "steps" else 0
         status, start, start_step = "failed", time.time(), state.global_step
+        self.model_wrapped.train()  # a from_pretrained model comes in eval mode (dropout off)
         try:
             try:
                 hook.on_train_begin(trainer=self, args=args, state=state)
@@ -257,9 +258,11 @@ class Trainer:
             if epoch != first_epoch or args.ignore_data_skip:
                 skip_steps = 0
             hook.on_epoch_begin(trainer=self, args=args, state=state)
-            stepped = self._epoch_steps(
-                iterate_batches(loader), epoch, skip_steps, steps_per_epoch, len_dl, max_steps
-            )
+            batches = iterate_batches(loader)
+            if skip_steps and not isinstance(sampler, ResumableBatchSampler):
+                for _ in islice(batches, skip_steps * ga):  # a loader of its own: read past them
+                    pass
+            stepped = self._epoch_steps(batches, epoch, skip_steps, steps_per_epoch, len_dl, max_steps)
             if not stepped and len_dl == sys.maxsize:
                 raise ValueError(f"the train_dataset yielded no batch in epoch {epoch}")
             hook.on_epoch_end(trainer=self, args=args, state=state)
@@ -281,11 +284,12 @@ class Trainer:
         on_step_begin, training_step, backward = call["on_step_begin"], call["training_step"], call["backward"]
         optimizer_step, on_step_end = call["optimizer_step"], call["on_step_end"]
         scheduler_step = self.lr_scheduler.step if self.lr_scheduler is not None else None
-        zero_grad, add_loss = grad_clearer(optimizer), self._losses.add
+        zero_grad, add_loss = grad_clearer(optimizer, self.model), self._losses.add
         log_every, eval_every, asks_save, asks_stop = self._log_every, self._eval_every, self._asks_save, self._asks_stop
         ga, on_cpu = args.gradient_accumulation_steps, self.device.type == "cpu"
         counted = len_dl != sys.maxsize  # False for an iterable dataset: an epoch is one pass
         partial = len_dl % ga if counted else 0  # the size of the epoch's last window, when partial
+        epoch_len = len_dl if counted else steps_per_epoch * ga  # no length: max_steps windows, as HF
         stepped = False
         for update in range(first_update, steps_per_epoch):
             window = partial if partial and update == steps_per_epoch - 1 else ga
@@ -315,7 +319,7 @@ class Trainer:
             add_loss(step_loss)
             self._grad_norm = outcome.grad_norm
             state.global_step = gs
-            state.epoch = epoch + (update * ga + n) / len_dl if counted else float(epoch)
+            state.epoch = epoch + (update * ga + n) / epoch_len
             on_step_end(self, args, state)
             stepped = True
             # the step's decisions: log, evaluate, save, stop
@@ -348,8 +352,8 @@ class Trainer:
 
     def _after_epoch(self) -> None:
         args, state = self.args, self.state
-        if args.logging_strategy == "epoch" and state.global_step > self._last_logged:
-            self._log_training()
+        if args.logging_strategy == "epoch":
+            self._log_training()  # nothing when the window is empty
         metrics = None
         if args.eval_strategy == "epoch" and state.epoch >= args.eval_delay:
             metrics = self.evaluate()
@@ -396,7 +400,6 @@ class Trainer:
             logs["nonfinite_steps"] = nonfinite
         for extra in self.plugin_manager.hook.extra_logs(trainer=self, state=state):
             logs.update(extra or {})
-        self._last_logged = state.global_step
         self.log(logs)
 
     def mean_over_processes(self, value: float) -> float:
@@ -412,6 +415,7 @@ class Trainer:
         self.plugin_manager.call_with_copy("on_log", "logs", trainer=self, args=self.args, state=state, logs=logs)
 
     def _summary(self, start: float, steps: int) -> dict[str, float]:
+        self.state.nonfinite_steps += self._losses.close()[2]  # the steps after the last log
         runtime = time.time() - start
         samples = steps * self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
         metrics = {

@@ -24,9 +24,9 @@ class LossWindow:
         self.window_sum = 0.0  # of the counted losses (finite ones only when filtering)
         self.window_finite = 0
         self.window_nonfinite = 0
-        self.total_loss = 0.0  # sum of the per-step losses of every closed window
-        self.total_steps = 0
-        self.total_nonfinite = 0
+        self.run_sum = 0.0  # of the counted losses of every closed window (this train() call)
+        self.run_counted = 0
+        self.run_steps = 0
 
     def _read(self, step_loss: torch.Tensor) -> None:
         value = step_loss.item()
@@ -59,16 +59,18 @@ class LossWindow:
             self._read_pending()
         nonfinite = self.window_nonfinite
         steps = self.window_finite + nonfinite
-        if steps == 0:
-            return float("nan"), 0, 0
         counted = self.window_finite if self.filter_nonfinite else steps
         mean = self.window_sum / counted if counted else float("nan")
-        self.total_loss = self.total_loss + mean * steps if counted else float("nan")
-        self.total_steps += steps
-        self.total_nonfinite += nonfinite
+        self.run_sum += self.window_sum
+        self.run_counted += counted
+        self.run_steps += steps
         self.window_sum, self.window_finite, self.window_nonfinite = 0.0, 0, 0
         return mean, steps, nonfinite
 
     def mean_over_run(self) -> float:
+        """The mean of the counted per-step losses of the whole run (closes the open window): 0.0
+        without steps, NaN when no step's loss counted."""
         self.close()
-        return self.total_loss / self.total_steps if self.total_steps else 0.0
+        if not self.run_steps:
+            return 0.0
+        return self.run_sum / self.run_counted if self.run_counted else float("nan")
