@@ -226,3 +226,39 @@ def test_hooks_doc_is_fresh():
     finally:
         sys.path.pop(0)
     assert (ROOT / "docs" / "hooks.md").read_text() == render(), "run: python tools/gen_hooks_doc.py"
+
+
+def test_every_hook_call_goes_through_pluggy_wrappers_and_monitoring(tmp_path):
+    """Hooks called one implementation at a time (on_log, on_evaluate, on_train_end …) and the
+    per-step fast callers still run wrapper implementations and are seen by call monitoring."""
+    import torch
+
+    from hooktrain import Trainer, TrainingArguments, hookimpl
+
+    ran = []
+
+    class Wraps:
+        @hookimpl(wrapper=True)
+        def on_log(self, logs):
+            ran.append(("on_log", "loss" in logs or "train_loss" in logs))
+            return (yield)
+
+        @hookimpl(wrapper=True)
+        def on_train_end(self, status):
+            ran.append(("on_train_end", status))
+            return (yield)
+
+    data = [{"x": torch.randn(3), "labels": torch.tensor(1.0)} for _ in range(4)]
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=True, max_steps=2,
+                             logging_steps=1)
+    trainer = Trainer(torch.nn.Linear(3, 1), args, train_dataset=data, plugins=[Wraps()],
+                      compute_loss=lambda m, b: torch.nn.functional.mse_loss(m(b["x"]).squeeze(-1), b["labels"]))
+    called = []
+    undo = trainer.plugin_manager.add_hookcall_monitoring(
+        lambda name, impls, kwargs: called.append(name), lambda *a: None)
+    try:
+        trainer.train()
+    finally:
+        undo()
+    assert ran == [("on_log", True)] * 3 + [("on_train_end", "completed")]
+    assert {"training_step", "backward", "optimizer_step", "on_log", "on_train_end"} <= set(called)

@@ -81,6 +81,7 @@ class PluginManager(pluggy.PluginManager):
         self.registries: dict[str, Registry] = {}
         for name in blocked:
             self.set_blocked(name)
+        self._plain_hookexec = self._inner_hookexec  # replaced by tracing and call monitoring
         if os.environ.get(TRACE_ENV):
             trace_log = logging.getLogger("hooktrain.hooks")
             self.trace.root.setwriter(trace_log.debug)
@@ -125,12 +126,15 @@ class PluginManager(pluggy.PluginManager):
 
         seen: set[str] = set()
         for dist in distributions():
+            ours = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+            if not ours:  # most distributions: their metadata is not even parsed
+                continue
             dist_name = dist.metadata["Name"] or "?"
             if dist_name.lower() in (OWN_DISTRIBUTION, *seen):
                 continue
             seen.add(dist_name.lower())
-            for ep in dist.entry_points:
-                if ep.group != ENTRY_POINT_GROUP or self.is_blocked(ep.name):
+            for ep in ours:
+                if self.is_blocked(ep.name):
                     continue
                 if self.get_plugin(ep.name) is not None:
                     raise PluginLoadError(
@@ -183,7 +187,7 @@ class PluginManager(pluggy.PluginManager):
         errors: list[BaseException] = []
         for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
             try:
-                impl.function(*[kwargs[a] for a in impl.argnames])
+                self._hookexec(hook_name, [impl], kwargs, False)  # wrappers, tracing, monitoring
             except Exception as exc:  # one plugin's teardown must not stop the others
                 logger.error("%s failed in %s: %r", self.plugin_label(impl.plugin), hook_name, exc)
                 errors.append(exc)
@@ -192,8 +196,7 @@ class PluginManager(pluggy.PluginManager):
     def call_with_copy(self, hook_name: str, copied: str, **kwargs: Any) -> None:
         """Call every implementation, each with its own shallow copy of ``kwargs[copied]``."""
         for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
-            kw = {**kwargs, copied: dict(kwargs[copied])}
-            impl.function(*[kw[a] for a in impl.argnames])
+            self._hookexec(hook_name, [impl], {**kwargs, copied: dict(kwargs[copied])}, False)
 
     def fast_caller(self, hook_name: str) -> Callable[..., Any]:
         """A callable equivalent to ``self.hook.<hook_name>``, taking the hook's arguments
@@ -209,7 +212,7 @@ class PluginManager(pluggy.PluginManager):
         impls = caller.get_hookimpls()
         if not impls:
             return _noop
-        if len(impls) == 1 and not (impls[0].wrapper or impls[0].hookwrapper) and not self._is_traced():
+        if len(impls) == 1 and not (impls[0].wrapper or impls[0].hookwrapper) and not self._observed():
             function, names = impls[0].function, tuple(impls[0].argnames)
             if names == spec_names:
                 return function
@@ -227,8 +230,9 @@ class PluginManager(pluggy.PluginManager):
         """Whether any registered plugin implements *hook_name*."""
         return bool(getattr(self.hook, hook_name).get_hookimpls())
 
-    def _is_traced(self) -> bool:
-        return bool(os.environ.get(TRACE_ENV))
+    def _observed(self) -> bool:
+        """Whether hook calls are traced or monitored (then every call goes through pluggy)."""
+        return self._inner_hookexec is not self._plain_hookexec
 
     # ---- listing ----------------------------------------------------------------------
 
