@@ -88,8 +88,11 @@ def print_summary(trainer: Any, result: Any) -> None:
             f"best: step {state.best_global_step} with {args.metric_for_best_model} = {state.best_metric:.4f}"
             + (" (weights loaded into the model)" if args.load_best_model_at_end else "")
         )
-    checkpoints = [p.name for p in sorted(out.glob("checkpoint-*"), key=lambda p: (len(p.name), p.name))]
-    lines.append(f"model:        {out}  (model.safetensors, training_args.json)")
+    from hooktrain.plugins.checkpoint import WEIGHTS_BIN_NAME, WEIGHTS_NAME, list_checkpoints
+
+    checkpoints = [p.name for _, p in list_checkpoints(out)]
+    weights = WEIGHTS_NAME if args.save_safetensors else WEIGHTS_BIN_NAME
+    lines.append(f"model:        {out}  ({weights}, training_args.json)")
     lines.append(f"checkpoints:  {', '.join(checkpoints) or 'none'}  (list them: hooktrain checkpoints {out})")
     if "tensorboard" in args.report_to or "all" in args.report_to:
         lines.append(f"tensorboard:  {args.logging_dir}  (view: tensorboard --logdir {args.logging_dir})")

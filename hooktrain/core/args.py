@@ -407,10 +407,9 @@ class TrainingArguments:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainingArguments:
         """Build from a YAML file holding a mapping of field names."""
-        import yaml
+        from hooktrain.core.cli import load_config_file  # cli imports this module
 
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        return cls.from_dict(values if values is not None else {})
+        return cls.from_dict(load_config_file(path))
 
     # ------------------------------------------------------------------ derived helpers
     @property

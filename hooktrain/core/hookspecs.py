@@ -1,9 +1,10 @@
 """Hook specifications: the whole interface between the loop and the plugins.
 
-Four kinds of hooks, each with one calling rule:
+Six kinds of hooks, each with one calling rule:
 
 * **Plugin system and registries** — every implementation runs.
 * **Events** — notifications; every implementation runs; return values are ignored.
+* **Contributions** — every implementation runs; the loop merges what they return.
 * **Decisions** — ``firstresult``: the first non-``None`` answer wins; built-in answers are ``trylast``.
 * **Actions** — ``firstresult`` overridable steps of the loop (optimizer, scheduler, training step,
   backward, optimizer step, evaluation); the built-in implementation is ``trylast``.
@@ -237,7 +238,8 @@ def on_train_end(
 def on_exception(
     trainer: Trainer, args: TrainingArguments, state: TrainerState, error: BaseException
 ) -> None:
-    """Training raised *error*; observe it (flush, clean up). The loop re-raises afterwards.
+    """Training raised *error*; observe it (flush, clean up). The loop re-raises it afterwards,
+    except a ``KeyboardInterrupt``: then ``train()`` ends the run with status ``"stopped"`` and returns.
 
     :param trainer: the Trainer.
     :param args: the run's arguments.
