@@ -219,6 +219,12 @@ def test_manager_lists_builtins_without_a_trainer():
     assert hooktrain.__version__
 
 
+def test_every_hookspec_is_exported_and_so_documented():
+    """pluggy registers every @hookspec of the module, listed in __all__ or not; the docs follow __all__."""
+    specs = {n for n in dir(hookspecs) if getattr(getattr(hookspecs, n), "hooktrain_spec", None) is not None}
+    assert specs == set(hookspecs.__all__)
+
+
 def test_hooks_doc_is_fresh():
     sys.path.insert(0, str(ROOT / "tools"))
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from hooktrain import HooktrainError, Trainer, TrainingArguments, hookimpl
-from hooktrain.plugins.reporting import ReporterError
+from hooktrain.plugins.reporting import ReporterError, namespaced
 
 try:
     from tests.helpers import tiny_trainer_parts, tracker_series
@@ -314,7 +314,7 @@ def test_a_failing_reporter_is_switched_off_and_the_others_get_everything(chdir_
     assert len(warnings) == 1, caplog.text
     assert "switched off" in warnings[0] and "broke on call 3" in warnings[0]
     # it got exactly its three calls: nothing more once switched off
-    assert [c[0] for c in flaky.calls] == ["start", "scalars", "scalars"]
+    assert [c[0] for c in flaky.calls] == ["start", "scalars", "scalars", "end"]  # then only its end
     assert flaky.threads and threading.current_thread().name not in flaky.threads
     # the healthy reporter beside it has every scalar and the end status
     tb = read_tensorboard(out / "runs")
@@ -328,6 +328,48 @@ class Slow:
     @hookimpl
     def on_step_end(self):
         time.sleep(0.01)
+
+
+def test_tracker_names_of_logged_values():
+    logs = {"loss": 0.5, "epoch": 1.0, "eval_loss": 0.4, "test_accuracy": 0.9, "eval_": 1,
+            "stop_reason": "patience", "flag": True}
+    assert namespaced(logs) == {"train/loss": 0.5, "train/epoch": 1.0, "eval/loss": 0.4,
+                                "test/accuracy": 0.9, "train/eval_": 1.0}
+
+
+def test_a_failed_reporter_still_gets_its_run_end(chdir_tmp):
+    flaky = Recorder("flaky", fail_on=2)
+    trainer = Trainer(args=make_args(chdir_tmp / "out", report_to="none", max_steps=6, logging_steps=1,
+                                     eval_strategy="no"), plugins=[flaky], **tiny_trainer_parts())
+    trainer.train()
+    assert [c[0] for c in flaky.calls] == ["start", "scalars", "end"]  # closes its files and runs
+    assert flaky.calls[-1] == ("end", "completed")
+
+
+def test_mlflow_sends_what_it_buffered_without_waiting_for_the_next_event(chdir_tmp, mlflow_db):
+    """A log event reaches the store while training sits between log events (nothing lost to a kill)."""
+    out = chdir_tmp / "out"
+    with_mlflow_store(out, mlflow_db)
+    seen: dict[str, bool] = {}
+
+    class WaitAtStep3:
+        @hookimpl
+        def on_step_end(self, state):
+            if state.global_step != 3:
+                return
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not seen.get("step2"):
+                try:
+                    run = read_mlflow(f"sqlite:///{out / 'mlflow.db'}", "run-e2e")
+                    seen["step2"] = [s for s, _ in run["scalars"].get("train/loss", [])] == [2]
+                except LookupError:  # the reporter's thread has not created the run yet
+                    pass
+                time.sleep(0.1)
+
+    trainer = Trainer(args=make_args(out, report_to=["mlflow"], max_steps=4, eval_strategy="no"),
+                      plugins=[WaitAtStep3()], **tiny_trainer_parts())
+    trainer.train()
+    assert seen["step2"]
 
 
 def test_report_errors_raise_makes_a_failing_reporter_fatal(chdir_tmp):

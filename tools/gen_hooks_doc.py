@@ -22,7 +22,7 @@ SECTIONS = [
      ["create_optimizer", "create_scheduler", "training_step", "backward", "optimizer_step",
       "evaluation_loop", "reduce_mean", "save_checkpoint", "save_model", "resume_checkpoint"]),
     ("Reporters", "called by the reporting bridge on a worker thread, never by the loop",
-     ["report_run_start", "report_scalars", "report_artifact", "report_run_end"]),
+     ["report_run_start", "report_scalars", "report_flush", "report_artifact", "report_run_end"]),
 ]
 
 INTRO = """# Hooks

@@ -63,6 +63,7 @@ __all__ = [
     "resume_checkpoint",
     "report_run_start",
     "report_scalars",
+    "report_flush",
     "report_artifact",
     "report_run_end",
 ]
@@ -483,6 +484,15 @@ def report_scalars(scalars: dict[str, float], step: int) -> None:
 
     :param scalars: name to value.
     :param step: the global optimizer step.
+    """
+
+
+@hookspec
+def report_flush() -> None:
+    """Every event queued so far has been handed to you: send what you buffered.
+
+    Called on the reporter's own thread after each batch of events, so a reporter may buffer
+    ``report_scalars`` calls and send them in one request here instead of one per call.
     """
 
 

@@ -27,6 +27,8 @@ from hooktrain.core.markers import hookimpl
 logger = logging.getLogger("hooktrain")
 
 QUEUE_SIZE = 10_000  # events per reporter; beyond that new events are dropped (with a warning)
+#: The hooks a reporter implements; the bridge calls them on the reporter's own thread.
+REPORTER_HOOKS = ("report_run_start", "report_scalars", "report_flush", "report_artifact", "report_run_end")
 BATCH_SECONDS = 0.05  # a worker takes its queued events in batches, at most this often
 _STOP = object()
 
@@ -63,17 +65,17 @@ def _available(registry: Any, name: str) -> bool:
 
 
 def namespaced(logs: dict[str, Any]) -> dict[str, float]:
-    """Numeric log values with tracker names: ``eval_x`` → ``eval/x``, everything else → ``train/x``."""
+    """Numeric log values with tracker names: ``eval_x`` → ``eval/x``, ``test_x`` → ``test/x``
+    (``evaluate(metric_key_prefix="test")``), everything else → ``train/x``."""
     scalars = {}
     for key, value in logs.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if key.startswith("eval_"):
-            scalars[f"eval/{key[5:]}"] = float(value)
-        elif key != "epoch":
-            scalars[f"train/{key}"] = float(value)
+        prefix, _, rest = key.partition("_")
+        if prefix in ("eval", "test") and rest:
+            scalars[f"{prefix}/{rest}"] = float(value)
         else:
-            scalars["train/epoch"] = float(value)
+            scalars[f"train/{key}"] = float(value)
     return scalars
 
 
@@ -90,8 +92,11 @@ class _Worker:
         self.thread.start()
 
     def put(self, hook_name: str, kwargs: dict[str, Any], timeout: float | None = None) -> None:
-        """Queue a call; drop it (with one warning) when the queue stays full past *timeout*."""
-        if self.error is not None or hook_name not in self.impls:
+        """Queue a call; drop it (with one warning) when the queue stays full past *timeout*.
+
+        A reporter that failed gets nothing more but its ``report_run_end`` (to close files and runs).
+        """
+        if hook_name not in self.impls or (self.error is not None and hook_name != "report_run_end"):
             return
         try:
             if timeout is None:
@@ -119,17 +124,23 @@ class _Worker:
                     item.set()
                     continue
                 self._call(*item)
+            if "report_flush" in self.impls:
+                self._call("report_flush", {})
             # Let the next events pile up instead of waking up for each one: waking this thread
             # per event costs the training thread two handovers of the interpreter lock.
             time.sleep(BATCH_SECONDS)
 
     def _call(self, hook_name: str, kwargs: dict[str, Any]) -> None:
-        if self.error is not None:
+        failed = self.error is not None
+        if failed and hook_name != "report_run_end":
             return
         impl = self.impls[hook_name]
         try:
             impl.function(*[kwargs[a] for a in impl.argnames])
         except Exception as exc:
+            if failed:  # closing after an earlier failure: best effort, already reported
+                logger.debug("reporter %r also failed to end its run: %r", self.label, exc)
+                return
             self.error = exc
             logger.warning(
                 "reporter %r failed in %s (%s: %s); it is switched off for the rest of the run",
@@ -177,7 +188,7 @@ class ReportingBridge:
     def _start(self, trainer: Any) -> None:
         pm = trainer.plugin_manager
         by_plugin: dict[int, tuple[Any, dict[str, Any]]] = {}
-        for hook_name in ("report_run_start", "report_scalars", "report_artifact", "report_run_end"):
+        for hook_name in REPORTER_HOOKS:
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 entry = by_plugin.setdefault(id(impl.plugin), (impl.plugin, {}))
                 entry[1][hook_name] = impl
@@ -279,10 +290,7 @@ def configure(trainer, args):
     names = selected_names(args.report_to, registry)
     for name in names:
         trainer.plugin_manager.register(registry.create(name, args), name=f"reporter.{name}")
-    has_reporters = any(
-        getattr(trainer.plugin_manager.hook, h).get_hookimpls()
-        for h in ("report_run_start", "report_scalars", "report_run_end")
-    )
+    has_reporters = any(getattr(trainer.plugin_manager.hook, h).get_hookimpls() for h in REPORTER_HOOKS)
     if has_reporters:
         trainer.plugin_manager.register(ReportingBridge(args), name="reporting.bridge")
 

@@ -10,8 +10,8 @@ No process-global state of mlflow's fluent API (active run, tracking URI) is use
   sanitised to mlflow's alphabet, values as strings truncated to mlflow's 6000 characters,
   sent in batches of 100).
 * metrics are buffered and sent with ``log_batch`` (one transaction instead of one per
-  value: SQLite costs ~2.5 ms per call) at most every ``FLUSH_SECONDS`` or 1000 values,
-  and at the end; the run is then terminated as ``FINISHED`` (completed), ``KILLED``
+  value: SQLite costs ~2.5 ms per call) after each batch of events the bridge hands over
+  (``report_flush``) or every 1000 values, and at the end; the run is then terminated as ``FINISHED`` (completed), ``KILLED``
   (stopped) or ``FAILED``.
 
 Bounded HTTP: mlflow's defaults retry a dead tracking server for about four minutes per
@@ -37,7 +37,6 @@ from hooktrain.core.markers import hookimpl
 
 NAME = "mlflow"
 DEFAULT_EXPERIMENT = "hooktrain"
-FLUSH_SECONDS = 1.0
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -120,7 +119,6 @@ class MlflowReporter:
         self.client: Any = None
         self.run_id: str | None = None
         self._buffer: list[Any] = []
-        self._last_flush = 0.0
 
     # ---- hooks ----------------------------------------------------------------------------
 
@@ -136,7 +134,6 @@ class MlflowReporter:
         experiment_id = self._experiment_id(client)
         run = client.create_run(experiment_id, run_name=run_name)
         self.client, self.run_id = client, run.info.run_id
-        self._last_flush = time.monotonic()
 
         params: dict[str, str] = {}
         for key, value in config.items():
@@ -157,10 +154,12 @@ class MlflowReporter:
             for k, v in scalars.items()
         ]
         self._buffer.extend(metrics)
-        if (
-            len(self._buffer) >= self._metrics_per_batch
-            or time.monotonic() - self._last_flush >= FLUSH_SECONDS
-        ):
+        if len(self._buffer) >= self._metrics_per_batch:
+            self.flush()
+
+    @hookimpl
+    def report_flush(self) -> None:
+        if self.client is not None:
             self.flush()
 
     @hookimpl
@@ -183,7 +182,6 @@ class MlflowReporter:
 
     def flush(self) -> None:
         """Send the buffered metrics (one ``log_batch`` per 1000 values)."""
-        self._last_flush = time.monotonic()
         while self._buffer:
             batch = self._buffer[: self._metrics_per_batch]
             self.client.log_batch(self.run_id, metrics=batch)
