@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,9 @@ def find_state(output_dir: str | Path) -> Path:
     root = Path(output_dir)
     if (root / "trainer_state.json").is_file():
         return root / "trainer_state.json"
-    checkpoints = sorted(
-        (p for p in root.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    for ckpt in reversed(checkpoints):
+    from hooktrain.plugins.checkpoint import list_checkpoints
+
+    for _, ckpt in reversed(list_checkpoints(root)):
         if (ckpt / "trainer_state.json").is_file():
             return ckpt / "trainer_state.json"
     raise FileNotFoundError(f"no trainer_state.json in {root} or its checkpoints")

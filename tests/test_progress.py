@@ -41,6 +41,7 @@ def test_disable_tqdm_keeps_the_console_lines_only(tmp_path, capfd):
 def test_messages_are_written_above_the_bar_and_the_handler_is_restored(tmp_path, capfd):
     logger = logging.getLogger("hooktrain")
     handler = logging.StreamHandler()  # stderr, as hooktrain's own console handler
+    handler.setLevel(logging.WARNING)  # kept while the bar is up
     logger.addHandler(handler)
     try:
         seen = []
@@ -51,13 +52,15 @@ def test_messages_are_written_above_the_bar_and_the_handler_is_restored(tmp_path
                 if state.global_step == 1:
                     seen.extend(type(h).__name__ for h in logger.handlers)
                     logger.warning("a message during training")
+                    logger.info("an info the handler filters out")
 
         args = TrainingArguments(output_dir=str(tmp_path), report_to="none", save_strategy="no",
                                  per_device_train_batch_size=4, max_steps=2)
         Trainer(TinyRegressor(), args, train_dataset=RegressionDataset(16), plugins=[Probe()]).train()
         assert "_AboveTheBar" in seen and "StreamHandler" not in seen
         assert handler in logger.handlers  # put back at the end of the run
-        assert "a message during training" in capfd.readouterr().err
+        err = capfd.readouterr().err
+        assert "a message during training" in err and "an info the handler filters out" not in err
     finally:
         logger.removeHandler(handler)
 

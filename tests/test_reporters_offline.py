@@ -207,7 +207,7 @@ def wandb_service():
     wandb_lib.teardown()
 
 
-def test_wandb_roundtrip_two_concurrent_runs(chdir_tmp, monkeypatch, wandb_service, caplog):
+def test_wandb_roundtrip_two_concurrent_runs(chdir_tmp, monkeypatch, wandb_service):
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.setenv("WANDB_PROJECT", "hooktrain-tests")
     args_a = make_args("out-a", "wb-a", "wandb")
@@ -217,9 +217,7 @@ def test_wandb_roundtrip_two_concurrent_runs(chdir_tmp, monkeypatch, wandb_servi
     b.report_run_start(run_name="wb-b", config={"seed": 7})
     drive(a, "wb-a", args_a.to_dict(), "stopped")
     b.report_scalars(scalars={"train/loss": 0.5}, step=3)
-    b.report_scalars(scalars={"train/loss": 0.25}, step=2)  # dropped by wandb: warned
     b.report_run_end(status="completed")
-    assert "step goes backwards: step 2 after 3" in caplog.text
 
     back = read_wandb(chdir_tmp / "out-a")
     assert back["run_name"] == "wb-a"

@@ -45,10 +45,11 @@ class ConsoleLog:
 class _AboveTheBar(logging.Handler):
     """Writes hooktrain's log messages above the bar instead of through it."""
 
-    def __init__(self, bar: Any, formatter: logging.Formatter | None):
-        super().__init__()
+    def __init__(self, bar: Any, replaced: logging.Handler):
+        super().__init__(replaced.level)  # the replaced handler's level, format and filters
         self.bar = bar
-        self.setFormatter(formatter)
+        self.setFormatter(replaced.formatter)
+        self.filters = list(replaced.filters)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.bar.write(self.format(record), file=sys.stderr)
@@ -69,7 +70,7 @@ class ProgressBar:
         logger = logging.getLogger("hooktrain")
         for handler in list(logger.handlers):
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
-                above = _AboveTheBar(tqdm, handler.formatter)
+                above = _AboveTheBar(tqdm, handler)
                 logger.removeHandler(handler)
                 logger.addHandler(above)
                 self._swapped.append((handler, above))

@@ -58,7 +58,7 @@ class TensorBoardReporter:
         if env_dir:
             log_dir = os.path.expanduser(env_dir)
         else:
-            log_dir = getattr(args, "logging_dir", None) or os.path.join(args.output_dir, "runs")
+            log_dir = args.logging_dir  # output_dir/runs unless set
         self.log_dir = os.fspath(log_dir)
         self.writer: Any = None
         self._hparams: dict[str, Any] = {}

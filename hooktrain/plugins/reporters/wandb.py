@@ -18,7 +18,6 @@ Trainers, or two runs in one process, never share or finish each other's run.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 from typing import Any
 
@@ -28,7 +27,6 @@ from hooktrain.core.markers import hookimpl
 NAME = "wandb"
 DEFAULT_PROJECT = "hooktrain"
 
-logger = logging.getLogger(__name__)
 
 
 def available() -> bool:
@@ -57,8 +55,6 @@ class WandbReporter:
         self.dir = os.path.abspath(os.fspath(os.environ.get("WANDB_DIR") or args.output_dir))
         self.project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         self.run: Any = None
-        self._last_step = -1
-        self._warned = False
 
     @hookimpl
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
@@ -73,22 +69,12 @@ class WandbReporter:
             dir=self.dir,
             reinit="create_new",
         )
-        self._last_step, self._warned = -1, False
 
     @hookimpl
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self.run is None:
             return
-        if step < self._last_step and not self._warned:
-            self._warned = True
-            logger.warning(
-                "wandb drops rows whose step goes backwards: step %d after %d (%s); warned once",
-                step,
-                self._last_step,
-                ", ".join(scalars),
-            )
-        self._last_step = max(self._last_step, step)
-        self.run.log(dict(scalars), step=step)
+        self.run.log(scalars, step=step)  # the bridge's steps never go backwards within a run
 
     @hookimpl
     def report_artifact(self, path: str, name: str, step: int) -> None:
