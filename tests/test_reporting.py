@@ -601,6 +601,34 @@ def test_a_nan_loss_is_reported_as_nan(chdir_tmp):
     assert [s for s, _ in losses] == [1, 2] and all(math.isnan(v) for _, v in losses)
 
 
+def test_a_slow_artifact_store_neither_holds_up_training_nor_loses_its_checkpoint(chdir_tmp):
+    stored: list[tuple[str, bool]] = []
+    release = threading.Event()
+
+    class SlowStore(Recorder):
+        @hookimpl
+        def report_artifact(self, path, name, step):
+            released = release.wait(10)  # training must reach step 6 meanwhile (saving, rotating)
+            stored.append((name, released, (Path(path) / "model.safetensors").is_file()))
+
+    steps_done = []
+
+    class Release:
+        @hookimpl
+        def on_step_end(self, state):
+            steps_done.append(state.global_step)
+            if state.global_step == 6:
+                release.set()
+
+    out = chdir_tmp / "out"
+    trainer = Trainer(args=make_args(out, report_to="none", report_checkpoints=True, save_strategy="steps",
+                                     save_steps=2, save_total_limit=1, eval_strategy="no"),
+                      plugins=[SlowStore("slow"), Release()], **tiny_trainer_parts())
+    trainer.train()
+    assert steps_done == [1, 2, 3, 4, 5, 6]  # training reached step 6 while checkpoint-2 was stored
+    assert stored == [(f"checkpoint-{n}", True, True) for n in (2, 4, 6)]
+
+
 def test_report_checkpoints_stores_each_checkpoint_as_an_artifact(chdir_tmp):
     import zipfile
 

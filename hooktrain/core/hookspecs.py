@@ -500,9 +500,9 @@ def report_flush() -> None:
 def report_artifact(path: str, name: str, step: int) -> None:
     """Store the directory *path* (a checkpoint) in your tracker as the artifact *name*.
 
-    Called only when ``report_checkpoints=True``, after each checkpoint is complete; the save
-    waits (up to ``report_timeout``) until every reporter has stored it, so rotation cannot
-    delete it meanwhile.
+    Called only when ``report_checkpoints=True``, after each checkpoint is complete, on the
+    reporter's own thread: training goes on meanwhile, and ``save_total_limit`` rotation keeps
+    the checkpoint until every reporter has stored it.
 
     :param path: the checkpoint directory.
     :param name: the artifact's name (``checkpoint-N``).

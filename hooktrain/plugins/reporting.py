@@ -184,6 +184,7 @@ class ReportingBridge:
         self.args = args
         self.workers: list[_Worker] = []
         self._standalone = False  # the open run belongs to an evaluate() outside train()
+        self._storing: dict[str, list[threading.Event]] = {}  # checkpoint name -> set when stored
 
     def _start(self, trainer: Any) -> None:
         pm = trainer.plugin_manager
@@ -247,17 +248,19 @@ class ReportingBridge:
 
     @hookimpl
     def on_save(self, state, checkpoint_dir):
-        """With ``report_checkpoints``: store the checkpoint, waiting until every reporter has it."""
+        """With ``report_checkpoints``: hand the checkpoint to the reporters, without waiting."""
         if not self.args.report_checkpoints or not self.workers:
             return
         name = os.path.basename(os.fspath(checkpoint_dir))
         self._put("report_artifact", path=os.fspath(checkpoint_dir), name=name, step=state.global_step)
         deadline = time.monotonic() + self.args.report_timeout
-        done = [(w, w.marker(deadline)) for w in self.workers if "report_artifact" in w.impls]
-        for worker, event in done:
-            if not event.wait(max(0.0, deadline - time.monotonic())):
-                logger.warning("reporter %r is still storing %s after report_timeout=%ss; going on",
-                               worker.label, name, self.args.report_timeout)
+        self._storing[name] = [w.marker(deadline) for w in self.workers if "report_artifact" in w.impls]
+
+    @hookimpl
+    def protected_checkpoints(self):
+        """The checkpoints a reporter is still storing: rotation keeps them until the next save."""
+        self._storing = {n: done for n, done in self._storing.items() if not all(e.is_set() for e in done)}
+        return list(self._storing) or None
 
     @hookimpl
     def on_evaluate(self):
