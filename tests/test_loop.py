@@ -479,6 +479,42 @@ def test_evaluate_returns_prefixed_metrics(tmp_path):
     assert out["eval_n"] == 6.0 and "eval_loss" in out and "eval_runtime" in out
 
 
+def test_evaluation_gathers_batches_padded_to_different_lengths(tmp_path):
+    """Dynamic padding: each batch as long as its longest sequence; the outputs are padded with -100."""
+    lengths = [2, 2, 5, 5, 3]
+
+    def collate(items):
+        width = max(len(i) for i in items)
+        labels = torch.full((len(items), width), -100)
+        for row, item in enumerate(items):
+            labels[row, : len(item)] = item
+        return {"labels": labels}
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3))
+
+        def forward(self, labels):
+            logits = self.w.expand(*labels.shape, 3)
+            return {"loss": logits.sum() * 0, "logits": logits}
+
+    seen = {}
+
+    def metrics(p):
+        seen["shapes"] = (p.predictions.shape, p.label_ids.shape)
+        seen["labels"] = p.label_ids
+        return {}
+
+    data = [torch.arange(n) % 3 for n in lengths]
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", per_device_eval_batch_size=2)
+    Trainer(Tagger(), args, train_dataset=data, eval_dataset=data, data_collator=collate,
+            compute_metrics=metrics).evaluate()
+    assert seen["shapes"] == ((5, 5, 3), (5, 5))
+    assert seen["labels"][0].tolist() == [0, 1, -100, -100, -100]  # padded by its batch, then by -100
+    assert seen["labels"][4].tolist() == [0, 1, 2, -100, -100]
+
+
 def test_compute_loss_replaces_the_model_contract(tmp_path):
     class Plain(torch.nn.Module):
         def __init__(self):

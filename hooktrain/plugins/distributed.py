@@ -40,6 +40,7 @@ import torch.distributed as dist
 from hooktrain.core.data import ResumableBatchSampler
 from hooktrain.core.markers import hookimpl
 from hooktrain.core.types import EvalOutput
+from hooktrain.plugins.training import concat_padded
 
 logger = logging.getLogger("hooktrain")
 
@@ -286,13 +287,7 @@ def _merge(values: list[Any], order: np.ndarray | None) -> Any:
         present = [v.detach().cpu().numpy() for v in present]
         first = present[0]
     if isinstance(first, np.ndarray):
-        shapes = {v.shape[1:] for v in present}
-        if len(shapes) > 1:
-            raise ValueError(
-                "cannot gather evaluation outputs whose shapes differ between processes "
-                f"(trailing shapes {sorted(shapes)}); pad predictions to one shape in the model"
-            )
-        merged = np.concatenate(present)
+        merged = concat_padded(present)  # processes may have padded to different lengths
         return merged if order is None else merged[order]
     merged_list = [item for v in present for item in v]
     return merged_list if order is None else [merged_list[i] for i in order]

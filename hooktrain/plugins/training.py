@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from hooktrain.core.data import iterate_batches, to_device
@@ -146,10 +147,28 @@ def _batch_size(batch: Any) -> int:
     return 1
 
 
+PAD_INDEX = -100  # what pads predictions and labels of different lengths (HF's padding_index)
+
+
+def concat_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate along the first axis; arrays whose other dimensions differ (batches padded
+    to their own longest sequence) are first padded with ``PAD_INDEX`` to the largest, as HF does."""
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) > 1:
+        size = tuple(max(dims) for dims in zip(*shapes, strict=True))
+        padded = []
+        for a in arrays:
+            out = np.full((a.shape[0], *size), PAD_INDEX, dtype=a.dtype)
+            out[(slice(None), *(slice(0, n) for n in a.shape[1:]))] = a
+            padded.append(out)
+        arrays = padded
+    return np.concatenate(arrays)
+
+
 def _concat(chunks: list[torch.Tensor]) -> Any:
     if not chunks:
         return None
-    return torch.cat(chunks).numpy()
+    return concat_padded([c.numpy() for c in chunks])
 
 
 @hookimpl(trylast=True)
