@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import scripted_trainer, tiny_trainer_parts
 from safetensors.torch import load_file
 
 from hooktrain import ArgumentError, Trainer, TrainingArguments
 from hooktrain.core.monitor import MetricNotFoundError
-
-try:
-    from tests.helpers import scripted_trainer, tiny_trainer_parts
-except ImportError:  # tests/ is a rootdir, not a package
-    from helpers import scripted_trainer, tiny_trainer_parts
 
 
 def make_args(tmp_path: Path, **overrides) -> TrainingArguments:

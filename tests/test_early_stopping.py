@@ -12,15 +12,11 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import scripted_trainer, tiny_trainer_parts
 
 from hooktrain import ArgumentError, Trainer, TrainingArguments, hookimpl
 from hooktrain.core.monitor import MetricNotFoundError, Monitor
 from hooktrain.plugins.early_stopping import EarlyStopping
-
-try:
-    from tests.helpers import scripted_trainer, tiny_trainer_parts
-except ImportError:  # tests/ is a rootdir, not a package
-    from helpers import scripted_trainer, tiny_trainer_parts
 
 NAN, INF = float("nan"), float("inf")
 

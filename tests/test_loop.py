@@ -14,11 +14,6 @@ from hooktrain.core.grads import grad_clearer
 from hooktrain.core.losses import LossWindow
 from hooktrain.plugins.schedulers import lr_lambda
 
-EVENTS = (
-    "on_train_begin", "on_epoch_begin", "on_step_begin", "on_step_end", "on_log",
-    "on_evaluate", "on_save", "on_epoch_end", "on_train_end",
-)
-
 
 class Items(torch.utils.data.Dataset):
     """``n`` items of a learnable 4-class problem, with the item index for order checks."""
@@ -380,31 +375,26 @@ HF_REFERENCE = {  # hf_trainer.md §4, N=10, W=2, base lr 1.0: the LR used at st
 }
 
 
+BASE_LR = 0.02  # not 1.0: an absolute learning_rate_end and a factor of the base LR must differ
+
+
 @pytest.mark.parametrize("name", sorted(HF_REFERENCE))
 def test_schedule_matches_hf_reference(tmp_path, name):
+    """The LR used at each step of a real run, with HF's reference factors (§4) times the base LR."""
     kwargs, lr_end, expected = HF_REFERENCE[name]
-    power = 2.0 if name == "polynomial" else 1.0
-    args = TrainingArguments(
-        output_dir=str(tmp_path), lr_scheduler_type=name, warmup_steps=2, learning_rate=1.0,
-        lr_scheduler_kwargs=kwargs or None, learning_rate_end=lr_end, power=power,
-    )
-    factor = lr_lambda(args, 10, 1.0)
-    assert [round(factor(t), 4) for t in range(10)] == pytest.approx(expected, abs=1e-4)
-
-
-def test_schedule_in_a_real_run_uses_hf_values(tmp_path):
     rec = Recorder()
     make(
-        tmp_path, n=10, plugins=[rec], learning_rate=1.0, lr_scheduler_type="cosine", warmup_steps=2,
-        num_train_epochs=1, optim="sgd",
+        tmp_path, n=10, plugins=[rec], learning_rate=BASE_LR, lr_scheduler_type=name, warmup_steps=2,
+        lr_scheduler_kwargs=kwargs or None, power=2.0 if name == "polynomial" else 1.0,
+        learning_rate_end=None if lr_end is None else lr_end * BASE_LR, num_train_epochs=1, optim="sgd",
     ).train()
-    assert [round(x, 4) for x in rec.lrs] == pytest.approx(HF_REFERENCE["cosine"][2], abs=1e-4)
+    assert [lr / BASE_LR for lr in rec.lrs] == pytest.approx(expected, abs=1e-4)
 
 
 def test_cosine_learning_rate_end_is_the_floor(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), lr_scheduler_type="cosine", learning_rate=1.0,
-                             learning_rate_end=0.1, warmup_steps=0)
-    factor = lr_lambda(args, 10, 1.0)
+    args = TrainingArguments(output_dir=str(tmp_path), lr_scheduler_type="cosine", learning_rate=BASE_LR,
+                             learning_rate_end=0.1 * BASE_LR, warmup_steps=0)
+    factor = lr_lambda(args, 10, BASE_LR)
     assert factor(10) == pytest.approx(0.1) and factor(0) == pytest.approx(1.0)
 
 

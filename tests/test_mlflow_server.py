@@ -21,17 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import tiny_trainer_parts, tracker_series
+from readback import read_mlflow, read_tensorboard, same_series
 
 from hooktrain import Trainer, TrainingArguments, hookimpl
 
 pytestmark = pytest.mark.slow  # starts a real server: ~10 s on an idle machine, more under load
-
-try:
-    from tests.helpers import tiny_trainer_parts, tracker_series
-    from tests.readback import read_mlflow, read_tensorboard, same_series
-except ImportError:  # tests/ is a rootdir, not a package
-    from helpers import tiny_trainer_parts, tracker_series
-    from readback import read_mlflow, read_tensorboard, same_series
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 START_TIMEOUT = 60.0

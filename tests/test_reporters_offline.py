@@ -18,16 +18,12 @@ from pathlib import Path
 
 import pluggy
 import pytest
+from readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
 
 from hooktrain.core import hookspecs
 from hooktrain.core.args import TrainingArguments
 from hooktrain.core.markers import PROJECT
 from hooktrain.plugins.reporters import comet, mlflow, tensorboard, wandb
-
-try:
-    from tests.readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
-except ImportError:  # tests/ is a rootdir, not a package
-    from readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
 
 REPO = Path(__file__).resolve().parents[1]
 NAN = float("nan")

@@ -23,16 +23,11 @@ import types
 from pathlib import Path
 
 import pytest
+from helpers import tiny_trainer_parts, tracker_series
+from readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
 
 from hooktrain import HooktrainError, Trainer, TrainingArguments, hookimpl
 from hooktrain.plugins.reporting import ReporterError, namespaced
-
-try:
-    from tests.helpers import tiny_trainer_parts, tracker_series
-    from tests.readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
-except ImportError:  # tests/ is a rootdir, not a package
-    from helpers import tiny_trainer_parts, tracker_series
-    from readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
 
 REPO = Path(__file__).resolve().parents[1]
 FOUR = ["tensorboard", "wandb", "comet", "mlflow"]

@@ -110,6 +110,7 @@ def main() -> None:
         report_to=cfg.get("report_to", "none"),
         disable_tqdm=True,
         ddp_timeout=cfg.get("ddp_timeout", 60),
+        use_cpu=True,  # gloo on CPU processes, also on a machine with a GPU
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=Data(N_TRAIN, seed=1), eval_dataset=eval_ds,
