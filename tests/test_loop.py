@@ -194,6 +194,18 @@ def test_full_determinism_turns_on_deterministic_kernels(tmp_path):
         torch.use_deterministic_algorithms(before)
 
 
+def test_event_order_with_eval_and_save_every_step(tmp_path):
+    rec = Recorder()
+    make(tmp_path, n=4, plugins=[rec], per_device_train_batch_size=2, num_train_epochs=1, logging_steps=1,
+         eval_strategy="steps", eval_steps=1, eval_ds=Items(2), save_strategy="steps", save_steps=1).train()
+    per_step = ["on_step_begin", "on_step_end", "on_log", "on_log", "on_evaluate", "on_save"]
+    assert rec.names() == [
+        "on_train_begin", "on_epoch_begin", *per_step, *per_step, "on_epoch_end", "on_log", "on_train_end",
+    ]
+    logs = [c[2] for c in rec.calls if c[0] == "on_log"]
+    assert "loss" in logs[0] and "eval_loss" in logs[1] and "train_loss" in logs[-1]  # train, eval, summary
+
+
 def test_should_stop_ends_the_run_early(tmp_path):
     class StopAt3:
         @hookimpl
@@ -662,6 +674,25 @@ def test_resume_with_a_loader_of_its_own_reads_past_the_seen_batches(tmp_path):
     resumed = Seen()
     run(resumed, overwrite_output_dir=True).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert whole.indices == list(range(8)) and resumed.indices == [4, 5, 6, 7]
+
+
+def test_resume_mid_epoch_does_not_read_the_skipped_samples(tmp_path):
+    class Counted(Items):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return super().__getitem__(i)
+
+    def trainer(**kw):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=True, max_steps=5,
+                                 per_device_train_batch_size=2, save_strategy="steps", save_steps=3, **kw)
+        return Trainer(Net(), args, train_dataset=Counted(20))
+
+    trainer().train()
+    Counted.reads = 0
+    trainer(overwrite_output_dir=True).train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+    assert Counted.reads == 2 * 2  # steps 4 and 5 only: the sampler starts after the 6 seen samples
 
 
 def test_input_tokens_are_counted(tmp_path):
