@@ -302,12 +302,21 @@ def test_resume_with_a_different_batch_size_is_an_error_unless_ignore_data_skip(
         make_trainer(tmp_path, max_steps=4, gradient_accumulation_steps=2).train(resume_from_checkpoint=True)
     with caplog.at_level(logging.WARNING, logger="hooktrain"):
         trainer = make_trainer(tmp_path, max_steps=4, per_device_train_batch_size=2, ignore_data_skip=True,
-                               learning_rate=1e-3)
+                               learning_rate=1e-3, seed=43)
         trainer.train(resume_from_checkpoint=True)
     assert trainer.state.global_step == 4
     warning = next(r.getMessage() for r in caplog.records if "different arguments" in r.getMessage())
     assert "per_device_train_batch_size: 4 in the checkpoint, 2 now" in warning
     assert "max_steps: 2 in the checkpoint, 4 now" in warning and "learning_rate" in warning
+    assert "seed: 42 in the checkpoint, 43 now" in warning
+
+
+def test_resume_with_another_number_of_processes_is_an_error(tmp_path):
+    make_trainer(tmp_path, max_steps=2).train()
+    manifest = tmp_path / "checkpoint-2" / "manifest.json"  # as if written by a 2-process run
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "world_size": 2}))
+    with pytest.raises(CheckpointError, match="world_size: 2 in the checkpoint, 1 now"):
+        make_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
 
 # ---- rotation ----------------------------------------------------------------------------------------
