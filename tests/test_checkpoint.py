@@ -226,6 +226,25 @@ def test_corrupted_newest_falls_back_to_the_previous_and_logs_why(tmp_path, capl
     assert "checkpoint-4" in skipped[1] and "rng_state.pth: missing" in skipped[1]
 
 
+@pytest.mark.parametrize("how", ["newest", "explicit"])
+def test_resume_reads_each_file_once(tmp_path, monkeypatch, how):
+    import hooktrain.plugins.checkpoint as ckpt
+
+    make_trainer(tmp_path, max_steps=2).train()
+    reads: list[str] = []
+    real_read_bytes, real_hash = Path.read_bytes, ckpt._sha256_file
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real_read_bytes(self))
+    monkeypatch.setattr(ckpt, "_sha256_file", lambda path: reads.append(f"hash {path.name}") or real_hash(path))
+    target = True if how == "newest" else str(tmp_path / "checkpoint-2")
+    trainer = make_trainer(tmp_path, max_steps=4)
+    trainer.plugin_manager.hook.resume_checkpoint(trainer=trainer, checkpoint=target)
+    assert trainer.state.global_step == 2
+    loaded = [r for r in reads if r != "manifest.json"]
+    assert sorted(loaded) == sorted(set(loaded))  # no file read twice, none hashed apart from its read
+    assert "model.safetensors" in loaded and "optimizer.pt" in loaded
+    assert not [r for r in loaded if r.startswith("hash ")]
+
+
 def test_explicit_path_that_fails_verification_names_the_file(tmp_path):
     make_trainer(tmp_path, max_steps=4).train()
     flip_byte(tmp_path / "checkpoint-4" / "optimizer.pt", offset=100)

@@ -190,19 +190,23 @@ def verify(checkpoint_dir: str | os.PathLike[str]) -> list[str]:
         manifest = read_manifest(directory)
     except CheckpointError as exc:
         return [str(exc)]
-    problems = []
-    for name, record in sorted(manifest["files"].items()):
-        path = directory / name
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            problems.append(f"{path}: missing")
-            continue
-        if size != record["size"]:
-            problems.append(f"{path}: {size} bytes, the manifest says {record['size']} (truncated or modified)")
-        elif _sha256_file(path) != record["sha256"]:
-            problems.append(f"{path}: sha256 differs from the manifest (corrupted or modified)")
-    return problems
+    problems = [_file_problem(directory / name, record) for name, record in sorted(manifest["files"].items())]
+    return [p for p in problems if p]
+
+
+def _file_problem(path: Path, record: Mapping[str, Any], data: bytes | None = None) -> str | None:
+    """What is wrong with *path* against its manifest *record*: hashed from *data* when the file
+    was read already, else streamed from disk. ``None`` when it is intact."""
+    try:
+        size = len(data) if data is not None else path.stat().st_size
+    except FileNotFoundError:
+        return f"{path}: missing"
+    if size != record["size"]:
+        return f"{path}: {size} bytes, the manifest says {record['size']} (truncated or modified)"
+    digest = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(path)
+    if digest != record["sha256"]:
+        return f"{path}: sha256 differs from the manifest (corrupted or modified)"
+    return None
 
 
 # ---- writing -------------------------------------------------------------------------------
@@ -403,18 +407,26 @@ def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike[str]
     """
     directory = Path(directory)
     path = _weights_file(directory)
-    data = path.read_bytes()
     if (directory / MANIFEST_NAME).is_file():
-        _check_bytes(path, data, read_manifest(directory)["files"].get(path.name))
+        data = _read_checked(path, read_manifest(directory)["files"].get(path.name))
+    else:
+        data = path.read_bytes()
     _apply_weights(model, _load_tensor_file(path, lambda: _state_dict_from_weights(data, path.name)), path)
     return path
 
 
-def _check_bytes(path: Path, data: bytes, record: Mapping[str, Any] | None) -> None:
+def _read_checked(path: Path, record: Mapping[str, Any] | None) -> bytes:
+    """The bytes of *path*, read once and checked against its manifest *record*."""
     if record is None:
         raise CheckpointError(f"{path}: not listed in the checkpoint's manifest")
-    if len(data) != record["size"] or hashlib.sha256(data).hexdigest() != record["sha256"]:
-        raise CheckpointError(f"{path}: differs from the manifest (corrupted or modified)")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    problem = _file_problem(path, record, data)
+    if problem:
+        raise CheckpointError(problem)
+    return data
 
 
 def _load_tensor_file(path: Path, load: Callable[[], Any]) -> Any:
@@ -492,6 +504,20 @@ def find_resumable_checkpoint(output_dir: str | os.PathLike[str]) -> Path:
 
     Each newer one that is skipped is logged with the reason; none → :class:`CheckpointError`.
     """
+    return _newest_loadable(output_dir, _check_resumable)[0]
+
+
+def _check_resumable(path: Path) -> None:
+    problems = verify(path)
+    if not problems and read_manifest(path).get("save_only_model"):
+        problems = ["saved with save_only_model=True (weights only): cannot resume training"]
+    if problems:
+        raise CheckpointError("; ".join(problems))
+
+
+def _newest_loadable(output_dir: str | os.PathLike[str], load: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """``(path, load(path))`` for the newest ``checkpoint-N`` that *load* accepts (does not raise
+    :class:`CheckpointError` for); each newer one is logged with the reason it was skipped."""
     out = Path(output_dir)
     candidates = list_checkpoints(out)
     if not candidates:
@@ -501,13 +527,11 @@ def find_resumable_checkpoint(output_dir: str | os.PathLike[str]) -> Path:
         )
     skipped = []
     for _, path in reversed(candidates):
-        problems = verify(path)
-        if not problems and read_manifest(path).get("save_only_model"):
-            problems = ["saved with save_only_model=True (weights only): cannot resume training"]
-        if not problems:
-            return path
-        logger.warning("not resuming from %s: %s", path, "; ".join(problems))
-        skipped.append(f"{path.name}: {problems[0]}")
+        try:
+            return path, load(path)
+        except CheckpointError as exc:
+            logger.warning("not resuming from %s: %s", path, exc)
+            skipped.append(f"{path.name}: {exc}")
     raise CheckpointError(
         f"resume_from_checkpoint=True but no checkpoint in {out} verifies: " + "; ".join(skipped)
     )
@@ -645,17 +669,18 @@ class CheckpointStore:
         if _is_writer(trainer):
             tidy_output_dir(args.output_dir)
         trainer.barrier()
+        # every file is read once, and checked against the manifest as it is read
         if checkpoint is True:
-            path = find_resumable_checkpoint(args.output_dir)
+            path, loaded = _newest_loadable(args.output_dir, lambda p: self._read(trainer, p))
         else:
             path = Path(checkpoint)
-            problems = verify(path)
-            if problems:
+            try:
+                loaded = self._read(trainer, path)
+            except CheckpointError as exc:
                 hint = ""
                 if list_checkpoints(path):
                     hint = " (it holds checkpoint-N directories: give one of them, or resume_from_checkpoint=True)"
-                raise CheckpointError(f"cannot resume from {path}{hint}: " + "; ".join(problems))
-        loaded = self._read(trainer, path)
+                raise CheckpointError(f"cannot resume from {path}{hint}: {exc}") from exc
         self._check_arguments(trainer, path, loaded)
         self._apply(trainer, path, loaded)
         self.resumed_from = path
@@ -667,7 +692,7 @@ class CheckpointStore:
         manifest = read_manifest(path)
         if manifest.get("save_only_model"):
             raise CheckpointError(
-                f"cannot resume from {path}: it was saved with save_only_model=True and holds no "
+                f"{path} was saved with save_only_model=True and holds no "
                 "optimizer, scheduler or RNG state; load its weights into the model instead "
                 "(hooktrain.plugins.checkpoint.load_model_weights) and start a new run"
             )
@@ -679,7 +704,7 @@ class CheckpointStore:
                 if required:
                     raise CheckpointError(f"{file}: missing from the checkpoint")
                 return None
-            return file, file.read_bytes()  # verify() checked it
+            return file, _read_checked(file, files[name])
 
         loaded: dict[str, Any] = {"manifest": manifest}
         weights = WEIGHTS_NAME if WEIGHTS_NAME in files else WEIGHTS_BIN_NAME
