@@ -106,6 +106,8 @@ def test_two_processes_train_like_one_with_twice_the_batch(runs):
     r0, r1, ref = ddp.result(0), ddp.result(1), single.result(0)
     assert (r0["rank"], r1["rank"], r0["world_size"], r1["local_rank"]) == (0, 1, 2, 1)
     assert r0["wrapped"] == "DistributedDataParallel" and ref["wrapped"] == "MLP"
+    # gradients are exchanged once per optimizer step, not per micro-batch (no_sync on the first)
+    assert r0["allreduce_buckets"] == r1["allreduce_buckets"] == 8  # 8 steps x 1 bucket, not 16
     # the replicas stay identical, and equal the single process that saw the same global batches
     for name, value in _weights(r0).items():
         np.testing.assert_array_equal(value, _weights(r1)[name])

@@ -116,7 +116,17 @@ def main() -> None:
         model=model, args=args, train_dataset=Data(N_TRAIN, seed=1), eval_dataset=eval_ds,
         compute_metrics=compute_metrics, plugins=[Faults(cfg)],
     )
+    allreduces = []  # gradient exchanges: one per optimizer step when no_sync() skips the others
+    if isinstance(trainer.model_wrapped, torch.nn.parallel.DistributedDataParallel):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def counting_hook(state, bucket):
+            allreduces.append(bucket.index())
+            return allreduce_hook(state, bucket)
+
+        trainer.model_wrapped.register_comm_hook(None, counting_hook)
     result = trainer.train(resume_from_checkpoint=cfg.get("resume") or None)
+    allreduce_count = len(allreduces)
     after = trainer.evaluate() if cfg.get("eval") else None
     out = {
         "rank": trainer.process_index,
@@ -127,6 +137,7 @@ def main() -> None:
         "weights": {k: v.tolist() for k, v in trainer.model.state_dict().items()},
         "log_history": trainer.state.log_history,
         "training_loss": result.training_loss,
+        "allreduce_buckets": allreduce_count,
         "eval_after_train": after,
     }
     os.makedirs(cfg["out"], exist_ok=True)
