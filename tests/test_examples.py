@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from readback import read_mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -84,16 +84,26 @@ def test_digits_smoke_summary_and_artefacts(tmp_path):
     assert "train/loss" in tags and "eval/accuracy" in tags, tags
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [45, 90]
 
-    # mlflow's embedded store holds a finished run with the same metrics
-    with sqlite3.connect(out / "mlflow.db") as db:
-        runs = db.execute("SELECT run_uuid, status FROM runs").fetchall()
-        assert len(runs) == 1 and runs[0][1] == "FINISHED", runs
-        steps = db.execute(
-            "SELECT step FROM metrics WHERE key = 'eval/accuracy' AND run_uuid = ? ORDER BY step",
-            (runs[0][0],)).fetchall()
-        assert [s for (s,) in steps] == [45, 90]
-        params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (runs[0][0],)))
-        assert params["learning_rate"] == "0.002"
+    # mlflow's embedded store holds a finished run with the same metrics (read with mlflow's client)
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    (only,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    run = read_mlflow(uri, only.info.run_name)
+    assert run["status"] == "FINISHED"
+    assert [step for step, _ in run["scalars"]["eval/accuracy"]] == [45, 90]
+    assert run["params"]["learning_rate"] == "0.002"
+
+    # `hooktrain plot` draws the same curves again from the saved state
+    replot = subprocess.run([sys.executable, "-m", "hooktrain", "plot", str(out), "--out", str(out / "again.png")],
+                            capture_output=True, text=True, timeout=120)
+    assert replot.returncode == 0, replot.stderr[-2000:]
+    assert (out / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from hooktrain.plot import series
+
+    logged = [(e["step"], e["eval_accuracy"]) for e in read_state(out)["log_history"] if "eval_accuracy" in e]
+    assert list(zip(*series(read_state(out)["log_history"], "eval_accuracy"), strict=True)) == logged
 
 
 def test_digits_full_run_reaches_95_percent_and_keeps_the_best(tmp_path):
