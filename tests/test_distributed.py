@@ -62,17 +62,6 @@ def launch(out: Path, nproc: int | None = 2, timeout: float = LAUNCH_TIMEOUT, **
     return Launch(proc.returncode, output, time.monotonic() - start, out)
 
 
-def _checkpoint_plugin() -> bool:
-    try:
-        import hooktrain.plugins.checkpoint  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
-
-
-needs_checkpoints = pytest.mark.skipif(not _checkpoint_plugin(), reason="no checkpoint plugin")
-
-
 def _weights(result: dict) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in result["weights"].items()}
 
@@ -93,7 +82,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     # two micro-batches per step: the first backward of each window runs under no_sync()
     cfg = dict(steps=8, ga=2, eval=True)
-    saving = dict(save_steps=4, report_to=["tensorboard"]) if _checkpoint_plugin() else {}
+    saving = dict(save_steps=4, report_to=["tensorboard"])
     ddp = launch(base / "ddp", batch=2, **cfg, **saving)
     assert ddp.returncode == 0, ddp.output[-6000:]
     single = launch(base / "single", nproc=None, batch=4, **cfg)
@@ -143,7 +132,6 @@ def test_rank_zero_alone_reports_and_logs_the_effective_batch(runs):
     assert sum(ln.startswith("step 3/8 | loss") for ln in ddp.output.splitlines()) == 1
 
 
-@needs_checkpoints
 def test_one_set_of_reports_and_checkpoints(runs):
     ddp, _ = runs
     # TensorBoard files are named events.out.tfevents.<time>.<host>.<pid>.<n>: rank 0's only
@@ -165,7 +153,6 @@ def test_one_set_of_reports_and_checkpoints(runs):
 # ---- resume, failures ------------------------------------------------------------------------
 
 
-@needs_checkpoints
 def test_kill_and_resume_reaches_the_uninterrupted_weights(tmp_path):
     # dropout makes the result depend on every rank's RNG state, which the resume must restore
     cfg = dict(batch=4, steps=8, save_steps=3, dropout=True)

@@ -195,6 +195,10 @@ def test_loop_stays_small():
     assert len((ROOT / "hooktrain" / "core" / "loop.py").read_text().splitlines()) <= 480
 
 
+def test_every_builtin_plugin_is_registered():
+    assert {name for name, _ in BUILTIN_PLUGINS} <= {name for name, _ in build_manager().list_name_plugin()}
+
+
 def test_every_owner_is_a_builtin_plugin():
     plugins = {name for name, _ in BUILTIN_PLUGINS} | {"core"}
     assert {s.owner for s in argument_specs()} <= plugins
