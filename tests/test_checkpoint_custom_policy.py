@@ -97,3 +97,35 @@ def test_a_short_interval_saves_after_every_step(installed, tmp_path):
     run(installed, tmp_path, max_steps=3, minutes="0")
     assert steps(tmp_path) == [1, 2, 3]
     assert [walltime_state(tmp_path / f"checkpoint-{s}")["saves"] for s in (1, 2, 3)] == [1, 2, 3]
+
+
+def test_the_policy_clock_saves_on_time_and_carries_over_a_resume():
+    """The policy's own clock parameter drives it step by step (the subprocess runs above show it
+    installed and resumed for real; here each second is exact)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hooktrain_walltime_src", EXAMPLE / "hooktrain_walltime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    now = [0.0]
+    policy = module.WalltimePolicy(minutes=1, clock=lambda: now[0])
+    policy.on_train_begin()
+    answers = []
+    for t in (59.0, 60.0, 61.0, 119.0, 120.0):
+        now[0] = t
+        due = policy.should_save(trigger="step")
+        answers.append(due)
+        if due:
+            policy.on_save()
+    assert answers == [False, True, False, False, True]
+    _, state = policy.plugin_state()
+    assert state["training_seconds"] == 120.0 and state["saves"] == 3
+
+    now[0] = 5000.0  # a new process: its clock has nothing to do with the first one's
+    resumed = module.WalltimePolicy(minutes=1, clock=lambda: now[0])
+    resumed.on_train_begin()
+    resumed.load_plugin_state(states={module.STATE_KEY: state})
+    now[0] = 5030.0
+    assert resumed.training_seconds() == 150.0 and not resumed.should_save(trigger="step")
+    now[0] = 5060.0
+    assert resumed.should_save(trigger="step")
