@@ -409,7 +409,7 @@ class TrainingArguments:
         """Build from a YAML file holding a mapping of field names."""
         from hooktrain.core.cli import load_config_file  # cli imports this module
 
-        return cls.from_dict(load_config_file(path))
+        return cls.from_dict(load_config_file(Path(path)))
 
     # ------------------------------------------------------------------ derived helpers
     @property
