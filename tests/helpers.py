@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["RegressionDataset", "TinyRegressor", "ScriptedMetric", "scripted_trainer", "tiny_trainer_parts"]
+__all__ = ["checkpoint_steps", "RegressionDataset", "TinyRegressor", "ScriptedMetric", "scripted_trainer", "tiny_trainer_parts"]
 
 
 class RegressionDataset(torch.utils.data.Dataset):
@@ -95,3 +95,10 @@ def scripted_trainer(args: Any, values: Mapping[int, float], name: str = "score"
     trainer = Trainer(args=args, compute_metrics=metric, **tiny_trainer_parts(), **kw)
     metric.trainer = trainer
     return trainer
+
+
+def checkpoint_steps(output_dir: Any) -> list[int]:
+    """The steps of the ``checkpoint-N`` directories in *output_dir*, in order."""
+    from pathlib import Path
+
+    return sorted(int(p.name.split("-")[1]) for p in Path(output_dir).glob("checkpoint-*") if p.is_dir())

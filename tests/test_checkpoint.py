@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ScriptedMetric, TinyRegressor, tiny_trainer_parts
+from helpers import ScriptedMetric, TinyRegressor, checkpoint_steps, tiny_trainer_parts
 
 from hooktrain import ArgumentError, CheckpointError, Trainer, TrainingArguments, hookimpl
 from hooktrain.checkpoints_cli import main as checkpoints_main
@@ -37,10 +37,6 @@ def make_trainer(out: Path, plugins=(), model=None, n: int = 16, metric=None, **
     if metric is not None:
         metric.trainer = trainer
     return trainer
-
-
-def steps(out: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
 
 
 def flip_byte(path: Path, offset: int = -1) -> None:
@@ -79,7 +75,7 @@ def test_layout_manifest_and_contents(tmp_path):
     counter = Counter()
     trainer = make_trainer(tmp_path, plugins=[counter])
     trainer.train()
-    assert steps(tmp_path) == [2, 4, 6]
+    assert checkpoint_steps(tmp_path) == [2, 4, 6]
     ckpt = tmp_path / "checkpoint-4"
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "manifest.json", "model.safetensors", "optimizer.pt", "plugin_state.json", "rng_state.pth",
@@ -136,7 +132,7 @@ def test_pytorch_model_bin_when_save_safetensors_is_off(tmp_path):
     assert (ckpt / "pytorch_model.bin").is_file() and not (ckpt / "model.safetensors").exists()
     trainer = make_trainer(tmp_path, max_steps=4, save_safetensors=False)
     trainer.train(resume_from_checkpoint=str(ckpt))
-    assert steps(tmp_path) == [2, 4]
+    assert checkpoint_steps(tmp_path) == [2, 4]
 
 
 class Wide(torch.nn.Module):
@@ -269,7 +265,7 @@ def test_resume_from_args_field(tmp_path):
     make_trainer(tmp_path, max_steps=2).train()
     trainer = make_trainer(tmp_path, max_steps=4, resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     trainer.train()
-    assert trainer.state.global_step == 4 and steps(tmp_path) == [2, 4]
+    assert trainer.state.global_step == 4 and checkpoint_steps(tmp_path) == [2, 4]
 
 
 class Payload:
@@ -370,14 +366,14 @@ def test_rotation_table(tmp_path, limit, protected, kept):
     fake_checkpoints(tmp_path, [1, 100], own=False)  # not hooktrain's: never touched, never counted
     (tmp_path / "notes.txt").write_text("mine")
     rotate_checkpoints(tmp_path, limit, protected)
-    assert steps(tmp_path) == sorted([1, 100, *kept])
+    assert checkpoint_steps(tmp_path) == sorted([1, 100, *kept])
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_rotation_orders_by_step_number_not_by_name(tmp_path):
     fake_checkpoints(tmp_path, [9, 10, 100])
     rotate_checkpoints(tmp_path, 2)
-    assert steps(tmp_path) == [10, 100]
+    assert checkpoint_steps(tmp_path) == [10, 100]
 
 
 class ProtectFirst:
@@ -392,7 +388,7 @@ class ProtectFirst:
                                                          (2, [ProtectFirst()], [2, 6])])
 def test_rotation_during_training(tmp_path, limit, plugins, kept):
     make_trainer(tmp_path, plugins=plugins, save_total_limit=limit).train()
-    assert steps(tmp_path) == kept
+    assert checkpoint_steps(tmp_path) == kept
 
 
 def test_save_total_limit_1_keeps_the_best_and_the_latest(tmp_path):
@@ -402,7 +398,7 @@ def test_save_total_limit_1_keeps_the_best_and_the_latest(tmp_path):
         metric_for_best_model="accuracy", load_best_model_at_end=True, metric=metric)
     trainer.train()
     assert trainer.state.best_global_step == 2
-    assert steps(tmp_path) == [2, 8]
+    assert checkpoint_steps(tmp_path) == [2, 8]
 
 
 # ---- the overwrite guard -------------------------------------------------------------------------------
@@ -410,23 +406,23 @@ def test_save_total_limit_1_keeps_the_best_and_the_latest(tmp_path):
 
 def test_overwrite_guard(tmp_path):
     make_trainer(tmp_path, max_steps=6, save_steps=3).train()
-    assert steps(tmp_path) == [3, 6]
+    assert checkpoint_steps(tmp_path) == [3, 6]
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "checkpoint-99").mkdir()  # not hooktrain's
     (tmp_path / "checkpoint-99" / "weights.bin").write_text("foreign")
 
     with pytest.raises(CheckpointError, match="already holds checkpoints .*resume_from_checkpoint=True.*overwrite_output_dir=True"):
         make_trainer(tmp_path, max_steps=4).train()
-    assert steps(tmp_path) == [3, 6, 99]
+    assert checkpoint_steps(tmp_path) == [3, 6, 99]
 
     make_trainer(tmp_path, max_steps=4, overwrite_output_dir=True).train()
-    assert steps(tmp_path) == [2, 4, 99]
+    assert checkpoint_steps(tmp_path) == [2, 4, 99]
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     assert (tmp_path / "checkpoint-99" / "weights.bin").read_text() == "foreign"
 
     resumed = make_trainer(tmp_path, max_steps=6)
     resumed.train(resume_from_checkpoint=True)  # a resume is not refused
-    assert steps(tmp_path) == [2, 4, 6, 99]
+    assert checkpoint_steps(tmp_path) == [2, 4, 6, 99]
 
 
 # ---- atomic replacement and left-overs ------------------------------------------------------------
@@ -437,7 +433,7 @@ def test_resaving_a_step_after_resuming_from_an_older_checkpoint_replaces_it(tmp
     before = (tmp_path / "checkpoint-6").stat().st_ino
     trainer = make_trainer(tmp_path)
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
-    assert steps(tmp_path) == [2, 4, 6]
+    assert checkpoint_steps(tmp_path) == [2, 4, 6]
     assert (tmp_path / "checkpoint-6").stat().st_ino != before  # a new directory took its place
     assert all(verify(tmp_path / f"checkpoint-{s}") == [] for s in (2, 4, 6))
     assert not list(tmp_path.glob(".tmp-*"))
@@ -451,7 +447,7 @@ def test_interrupted_replacement_is_repaired_at_the_next_start(tmp_path, caplog)
     (tmp_path / ".tmp-checkpoint-4" / "model.safetensors").write_bytes(b"half")
     with caplog.at_level(logging.WARNING, logger="hooktrain"):
         tidy_output_dir(tmp_path)
-    assert steps(tmp_path) == [2, 4] and verify(tmp_path / "checkpoint-4") == []
+    assert checkpoint_steps(tmp_path) == [2, 4] and verify(tmp_path / "checkpoint-4") == []
     assert not list(tmp_path.glob(".tmp-*"))
     assert any("restored" in r.getMessage() for r in caplog.records)
 
@@ -518,7 +514,7 @@ def test_save_model_writes_weights_and_args(tmp_path):
 )
 def test_builtin_policies(tmp_path, overrides, expected):
     make_trainer(tmp_path, **overrides).train()
-    assert steps(tmp_path) == expected
+    assert checkpoint_steps(tmp_path) == expected
 
 
 def test_best_policy_saves_each_new_best(tmp_path):
@@ -526,7 +522,7 @@ def test_best_policy_saves_each_new_best(tmp_path):
     trainer = make_trainer(tmp_path, save_strategy="best", eval_strategy="steps", eval_steps=1,
                            metric_for_best_model="accuracy", metric=metric)
     trainer.train()
-    assert steps(tmp_path) == [1, 3, 5]
+    assert checkpoint_steps(tmp_path) == [1, 3, 5]
 
 
 def test_unknown_save_strategy_lists_the_installed_ones():
@@ -552,7 +548,7 @@ class Force:
 
 def test_plugins_force_or_veto_a_save(tmp_path):
     make_trainer(tmp_path, plugins=[Veto(), Force()]).train()
-    assert steps(tmp_path) == [1, 2, 6]
+    assert checkpoint_steps(tmp_path) == [1, 2, 6]
 
 
 # ---- the CLI ------------------------------------------------------------------------------------------------

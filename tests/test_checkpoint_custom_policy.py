@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import checkpoint_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom_save_policy"
@@ -59,10 +60,6 @@ def run(installed, out: Path, max_steps: int, minutes: str, resume: bool = False
     assert done.returncode == 0, done.stderr
 
 
-def steps(out: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
-
-
 def walltime_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "plugin_state.json").read_text())["walltime"]
 
@@ -81,13 +78,13 @@ def test_listed_by_hooktrain_plugins(installed):
 
 def test_saves_at_the_end_and_restores_its_clock_on_resume(installed, tmp_path):
     run(installed, tmp_path, max_steps=4, minutes="600")  # never due: only the save at train end
-    assert steps(tmp_path) == [4]
+    assert checkpoint_steps(tmp_path) == [4]
     first = walltime_state(tmp_path / "checkpoint-4")
     assert first["saves"] == 1 and first["interval_seconds"] == 600 * 60
     assert first["training_seconds"] > 0
 
     run(installed, tmp_path, max_steps=7, minutes="600", resume=True)
-    assert steps(tmp_path) == [4, 7]
+    assert checkpoint_steps(tmp_path) == [4, 7]
     second = walltime_state(tmp_path / "checkpoint-7")
     assert second["saves"] == 2, "the save count came back from checkpoint-4"
     assert second["training_seconds"] > first["training_seconds"], "the clock continued, not restarted"
@@ -95,7 +92,7 @@ def test_saves_at_the_end_and_restores_its_clock_on_resume(installed, tmp_path):
 
 def test_a_short_interval_saves_after_every_step(installed, tmp_path):
     run(installed, tmp_path, max_steps=3, minutes="0")
-    assert steps(tmp_path) == [1, 2, 3]
+    assert checkpoint_steps(tmp_path) == [1, 2, 3]
     assert [walltime_state(tmp_path / f"checkpoint-{s}")["saves"] for s in (1, 2, 3)] == [1, 2, 3]
 
 

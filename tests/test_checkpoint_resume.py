@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import checkpoint_steps
+
 HERE = Path(__file__).resolve()
 STEPS_PER_EPOCH = 4  # 26 samples / batch 4 = 7 micro-batches; windows of 2, 2, 2, 1
 TOTAL_STEPS = 12  # 3 epochs
@@ -111,15 +113,11 @@ def step_logs(out: Path) -> dict[int, tuple[float, float]]:
     return {e["step"]: (e["loss"], e["learning_rate"]) for e in history if "learning_rate" in e}
 
 
-def visible_steps(out: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
-
-
 def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path):
     reference = tmp_path / "uninterrupted"
     done = run_child(reference)
     assert done.returncode == 0, done.stderr
-    assert visible_steps(reference) == list(range(1, TOTAL_STEPS + 1))
+    assert checkpoint_steps(reference) == list(range(1, TOTAL_STEPS + 1))
 
     out = tmp_path / "killed"
     # (how it dies, at which step, the newest complete checkpoint it leaves, what that point is)
@@ -131,18 +129,18 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path):
     for i, (kill, at, newest, where) in enumerate(stages):
         killed = run_child(out, kill, at, resume=i > 0)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
-        assert visible_steps(out) == list(range(1, newest + 1)), where
+        assert checkpoint_steps(out) == list(range(1, newest + 1)), where
         if kill == "save":
             partial = out / f".tmp-checkpoint-{at}"
             assert partial.is_dir() and len(list(partial.iterdir())) == 1, "one file written, then killed"
             assert not (partial / "manifest.json").exists()
-        for step in visible_steps(out):  # every checkpoint so far equals the uninterrupted run's
+        for step in checkpoint_steps(out):  # every checkpoint so far equals the uninterrupted run's
             assert_same_weights(reference / f"checkpoint-{step}", out / f"checkpoint-{step}", f"step {step}, {where}")
 
     resumed = run_child(out, resume=True)
     assert resumed.returncode == 0, resumed.stderr
     assert not list(out.glob(".tmp-*")), "the killed save's directory is removed at the next start"
-    assert visible_steps(out) == list(range(1, TOTAL_STEPS + 1))
+    assert checkpoint_steps(out) == list(range(1, TOTAL_STEPS + 1))
     for step in range(1, TOTAL_STEPS + 1):
         assert_same_weights(reference / f"checkpoint-{step}", out / f"checkpoint-{step}", f"step {step}")
     assert_same_weights(reference / "final", out / "final", "final weights")

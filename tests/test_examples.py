@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import checkpoint_steps
 from readback import read_mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +39,6 @@ def check_ok(proc: subprocess.CompletedProcess[str]) -> str:
 
 def read_state(output_dir: Path) -> dict[str, Any]:
     return json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))
-
-
-def checkpoint_steps(output_dir: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*") if p.is_dir())
 
 
 def losses(state: dict[str, Any]) -> list[tuple[int, str, float]]:
