@@ -222,7 +222,7 @@ def test_eval_shards_are_not_padded_and_merge_back_in_order():
     preds = np.arange(n, dtype=np.float32) * 10
     labels = np.arange(n)
     parts = [(float(np.mean(preds[s])), len(s), s, preds[s], (labels[s], labels[s] + 1)) for s in shards]
-    out = merge_eval_outputs(parts, n)
+    out = merge_eval_outputs(parts)
     np.testing.assert_array_equal(out.predictions, preds)
     np.testing.assert_array_equal(out.label_ids[0], labels)
     np.testing.assert_array_equal(out.label_ids[1], labels + 1)
@@ -236,6 +236,6 @@ def test_padded_shards_count_each_sample_once():
               for r in range(world)]
     assert sorted(shards[0] + shards[1]) != list(range(n))  # one sample twice
     preds = np.arange(n) ** 2
-    out = merge_eval_outputs([(None, len(s), s, preds[s], None) for s in shards], n)
+    out = merge_eval_outputs([(None, len(s), s, preds[s], None) for s in shards])
     np.testing.assert_array_equal(out.predictions, preds)
     assert out.num_samples == n and out.loss is None and out.label_ids is None

@@ -83,7 +83,7 @@ def validate_args(trainer, args):
         problems.append(f"ddp_backend='nccl' needs CUDA devices but {why}; use ddp_backend='gloo'")
     elif not dist.is_initialized() and not dist.is_backend_available(backend):
         problems.append(f"ddp_backend={backend!r} is not available in this torch build")
-    local_rank = _env_int("LOCAL_RANK", args.local_rank)
+    local_rank = _local_rank(args)
     if trainer.device.type == "cuda" and local_rank >= torch.cuda.device_count():
         problems.append(
             f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} visible CUDA "
@@ -99,6 +99,15 @@ def configure(trainer, args):
         trainer.plugin_manager.register(DistributedRun(trainer, args), name="distributed.ddp")
 
 
+def _local_rank(args: Any) -> int:
+    """This process's rank on its machine: ``LOCAL_RANK``, else ``args.local_rank``, else (a
+    launcher that sets neither: one machine) the global rank."""
+    local_rank = _env_int("LOCAL_RANK", args.local_rank)
+    if local_rank < 0:
+        local_rank = dist.get_rank() if dist.is_initialized() else _env_int("RANK", 0)
+    return local_rank
+
+
 def _destroy_at_exit() -> None:
     if _created["group"] and not _created["failed"] and dist.is_initialized():
         dist.destroy_process_group()
@@ -108,12 +117,9 @@ class DistributedRun:
     """One process of a multi-process run: owns the DDP wrapper and the cross-process hooks."""
 
     def __init__(self, trainer: Any, args: Any):
-        local_rank = _env_int("LOCAL_RANK", args.local_rank if args.local_rank >= 0 else -1)
-        if local_rank < 0:  # a launcher that sets no LOCAL_RANK: assume one machine
-            local_rank = dist.get_rank() if dist.is_initialized() else _env_int("RANK", 0)
+        local_rank = _local_rank(args)  # below the device count on CUDA (validate_args)
         cuda = trainer.device.type == "cuda"
         if cuda:
-            local_rank %= torch.cuda.device_count()
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         else:
@@ -235,18 +241,16 @@ class DistributedRun:
             return None
         sampler = getattr(dataloader, "batch_sampler", None)
         indices: list[int] | None = None
-        total = None
         if isinstance(sampler, ResumableBatchSampler) and sampler.world_size == self.world_size:
             indices = sampler.indices()[: out.num_samples]
-            total = sampler.num_samples
         mine = (out.loss, out.num_samples, indices, out.predictions, out.label_ids)
-        return merge_eval_outputs(self.all_gather_object(mine), total)
+        return merge_eval_outputs(self.all_gather_object(mine))
 
 
 # ---- merging the evaluation outputs of every process ---------------------------------------
 
 
-def merge_eval_outputs(parts: list[tuple[Any, ...]], total: int | None) -> EvalOutput:
+def merge_eval_outputs(parts: list[tuple[Any, ...]]) -> EvalOutput:
     """One :class:`EvalOutput` from every process's ``(loss, n, indices, predictions, labels)``.
 
     With *indices* (the dataset index of each of a process's samples), results are put back in
@@ -258,7 +262,7 @@ def merge_eval_outputs(parts: list[tuple[Any, ...]], total: int | None) -> EvalO
         if loss is not None and n:
             loss_sum += float(loss) * n
             loss_n += n
-    ordered = total is not None and all(p[2] is not None for p in parts)
+    ordered = all(p[2] is not None for p in parts)
     if ordered:
         index = np.concatenate([np.asarray(p[2], dtype=np.int64) for p in parts])
         _, first = np.unique(index, return_index=True)  # sorted dataset order, first occurrence
