@@ -91,19 +91,25 @@ class _Worker:
         self.thread = threading.Thread(target=self._run, name=f"hooktrain-report-{label}", daemon=True)
         self.thread.start()
 
-    def put(self, hook_name: str, kwargs: dict[str, Any], timeout: float | None = None) -> None:
-        """Queue a call; drop it (with one warning) when the queue stays full past *timeout*.
+    def _offer(self, item: Any, deadline: float | None) -> bool:
+        """Queue *item*, waiting for room until *deadline* (``None``: not at all); False if still full."""
+        try:
+            if deadline is None:
+                self.queue.put_nowait(item)
+            else:
+                self.queue.put(item, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            return False
+        return True
+
+    def put(self, hook_name: str, kwargs: dict[str, Any], deadline: float | None = None) -> None:
+        """Queue a call; drop it (with one warning) when the queue stays full past *deadline*.
 
         A reporter that failed gets nothing more but its ``report_run_end`` (to close files and runs).
         """
         if hook_name not in self.impls or (self.error is not None and hook_name != "report_run_end"):
             return
-        try:
-            if timeout is None:
-                self.queue.put_nowait((hook_name, kwargs))
-            else:
-                self.queue.put((hook_name, kwargs), timeout=max(0.0, timeout))
-        except queue.Full:
+        if not self._offer((hook_name, kwargs), deadline):
             self.dropped += 1
             if self.dropped == 1:
                 logger.warning("reporter %r is not keeping up; dropping its events", self.label)
@@ -152,19 +158,13 @@ class _Worker:
         event = threading.Event()
         if self.error is not None:
             event.set()
-            return event
-        try:
-            self.queue.put(event, timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Full:
-            pass  # never set: the caller's wait times out and warns
+        else:
+            self._offer(event, deadline)  # when full it is never set: the caller's wait times out
         return event
 
     def close(self, deadline: float) -> None:
         """Queue the end of the worker (after what is queued); wait for room until *deadline*."""
-        try:
-            self.queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Full:
-            pass
+        self._offer(_STOP, deadline)
 
     def join(self, deadline: float) -> bool:
         """Wait until *deadline* for the worker to finish. False when it had to be abandoned."""
@@ -220,7 +220,7 @@ class ReportingBridge:
         self._standalone = False
         deadline = time.monotonic() + self.args.report_timeout
         for worker in workers:  # every worker first gets its end, then all finish in parallel
-            worker.put("report_run_end", {"status": status}, timeout=deadline - time.monotonic())
+            worker.put("report_run_end", {"status": status}, deadline)
             worker.close(deadline)
         for worker in workers:
             if not worker.join(deadline):
