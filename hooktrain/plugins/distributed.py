@@ -70,7 +70,7 @@ def _default_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # it pins this process's GPU before any other plugin's check uses CUDA
 def validate_args(trainer, args):
     if not is_distributed_run():
         return None
@@ -84,12 +84,15 @@ def validate_args(trainer, args):
     elif not dist.is_initialized() and not dist.is_backend_available(backend):
         problems.append(f"ddp_backend={backend!r} is not available in this torch build")
     local_rank = _local_rank(args)
-    if trainer.device.type == "cuda" and local_rank >= torch.cuda.device_count():
-        problems.append(
-            f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} visible CUDA "
-            "device(s): start at most that many processes per machine (--nproc_per_node), or set "
-            "use_cpu=True"
-        )
+    if trainer.device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            problems.append(
+                f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} visible CUDA "
+                "device(s): start at most that many processes per machine (--nproc_per_node), or set "
+                "use_cpu=True"
+            )
+        else:  # now, before the other plugins' checks probe CUDA: every rank on its own GPU, not GPU 0
+            torch.cuda.set_device(local_rank)
     return problems
 
 
