@@ -22,12 +22,11 @@ capture are off too: the reporter logs exactly what the Trainer reports.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
-from hooktrain.core.errors import PluginLoadError
 from hooktrain.core.markers import hookimpl
+from hooktrain.plugins.reporters import installed, missing_library
 
 NAME = "comet"
 ALIASES = ("comet_ml",)
@@ -53,10 +52,7 @@ def available() -> bool:
 
     No API key is needed: without one the reporter logs offline. Nothing is imported.
     """
-    try:
-        return importlib.util.find_spec("comet_ml") is not None
-    except (ImportError, ValueError):
-        return False
+    return installed("comet_ml")
 
 
 class CometReporter:
@@ -70,9 +66,7 @@ class CometReporter:
             import comet_ml
             import comet_ml.config
         except ImportError as exc:
-            raise PluginLoadError(
-                f'report_to="{NAME}" needs the comet_ml package ({exc}): pip install "hooktrain[comet]"'
-            ) from exc
+            raise missing_library(NAME, "comet_ml", "comet", exc) from exc
         self._comet = comet_ml
         config = comet_ml.config.get_config()
         start_online = config.get_bool(None, "comet.start.online")

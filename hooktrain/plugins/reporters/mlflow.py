@@ -23,7 +23,6 @@ yourself to change that.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import posixpath
@@ -32,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hooktrain.core.errors import PluginLoadError
 from hooktrain.core.markers import hookimpl
+from hooktrain.plugins.reporters import installed, missing_library
 
 NAME = "mlflow"
 DEFAULT_EXPERIMENT = "hooktrain"
@@ -54,10 +53,7 @@ _METRICS_PER_BATCH = 1000
 
 def available() -> bool:
     """Whether mlflow is installed (used by ``report_to="all"``); nothing is imported."""
-    try:
-        return importlib.util.find_spec("mlflow") is not None
-    except (ImportError, ValueError):
-        return False
+    return installed("mlflow")
 
 
 def sanitize_key(key: str, max_length: int = _KEY_LENGTH) -> str:
@@ -94,9 +90,7 @@ class MlflowReporter:
             from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
-            raise PluginLoadError(
-                f'report_to="{NAME}" needs the mlflow package ({exc}): pip install "hooktrain[mlflow]"'
-            ) from exc
+            raise missing_library(NAME, "mlflow", "mlflow", exc) from exc
         validation: Any
         try:
             from mlflow.utils import validation

@@ -14,14 +14,13 @@ Events are queued and only reach the disk on a flush: the writer is flushed and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
 from typing import Any
 
-from hooktrain.core.errors import PluginLoadError
 from hooktrain.core.markers import hookimpl
+from hooktrain.plugins.reporters import installed, missing_library
 
 NAME = "tensorboard"
 LOGDIR_ENV = "TENSORBOARD_LOGGING_DIR"
@@ -34,10 +33,7 @@ _TB_STATUS = {"completed": "STATUS_SUCCESS", "stopped": "STATUS_SUCCESS", "faile
 
 def available() -> bool:
     """Whether TensorBoard's writer can be imported (used by ``report_to="all"``)."""
-    try:
-        return importlib.util.find_spec("tensorboard") is not None
-    except (ImportError, ValueError):
-        return False
+    return installed("tensorboard")
 
 
 class TensorBoardReporter:
@@ -49,10 +45,7 @@ class TensorBoardReporter:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise PluginLoadError(
-                f'report_to="{NAME}" needs the tensorboard package ({exc}): '
-                'pip install "hooktrain[tensorboard]"'
-            ) from exc
+            raise missing_library(NAME, "tensorboard", "tensorboard", exc) from exc
         self._writer_class: Any = SummaryWriter
         env_dir = os.environ.get(LOGDIR_ENV)
         if env_dir:

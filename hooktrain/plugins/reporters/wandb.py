@@ -17,12 +17,11 @@ Trainers, or two runs in one process, never share or finish each other's run.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
-from hooktrain.core.errors import PluginLoadError
 from hooktrain.core.markers import hookimpl
+from hooktrain.plugins.reporters import installed, missing_library
 
 NAME = "wandb"
 DEFAULT_PROJECT = "hooktrain"
@@ -31,10 +30,7 @@ DEFAULT_PROJECT = "hooktrain"
 
 def available() -> bool:
     """Whether wandb is installed (used by ``report_to="all"``); nothing is imported."""
-    try:
-        return importlib.util.find_spec("wandb") is not None
-    except (ImportError, ValueError):
-        return False
+    return installed("wandb")
 
 
 class WandbReporter:
@@ -46,9 +42,7 @@ class WandbReporter:
         try:
             import wandb
         except ImportError as exc:
-            raise PluginLoadError(
-                f'report_to="{NAME}" needs the wandb package ({exc}): pip install "hooktrain[wandb]"'
-            ) from exc
+            raise missing_library(NAME, "wandb", "wandb", exc) from exc
         self._wandb = wandb
         # absolute: wandb-core is a long-lived process of its own, which resolves a relative
         # path against *its* working directory (the one of the first run in this process)
