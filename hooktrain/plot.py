@@ -14,7 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-_NOT_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+from hooktrain.core.monitor import BUILTIN_EVAL_METRICS
+
 _LOG_SCALE_RATIO = 30.0  # max/min of the loss beyond which the loss panel uses a log scale
 
 
@@ -72,7 +73,7 @@ def plot(output_dir: str | Path, out: str | Path | None = None) -> Path:
         raise ImportError('plotting needs matplotlib: pip install "hooktrain[plot]"') from exc
     state = json.loads(find_state(output_dir).read_text(encoding="utf-8"))
     history = state.get("log_history", [])
-    metric_keys = sorted({k for e in history for k in e if k.startswith("eval_") and k not in _NOT_METRICS})
+    metric_keys = sorted({k for e in history for k in e if k.startswith("eval_") and k not in BUILTIN_EVAL_METRICS})
     best_step = state.get("best_global_step")
     ranked = _best_metric_key(state, history, metric_keys)
 

@@ -12,9 +12,11 @@ from typing import Any
 
 from hooktrain.core.errors import HooktrainError
 
-__all__ = ["MetricNotFoundError", "Monitor"]
+__all__ = ["BUILTIN_EVAL_METRICS", "MetricNotFoundError", "Monitor"]
 
 EVAL_PREFIX = "eval_"
+#: What ``Trainer.evaluate()`` returns without ``compute_metrics``: the loss and the timings.
+BUILTIN_EVAL_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 
 
 class MetricNotFoundError(HooktrainError, KeyError):

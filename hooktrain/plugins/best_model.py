@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from hooktrain.core.markers import hookimpl
-from hooktrain.core.monitor import Monitor
+from hooktrain.core.monitor import BUILTIN_EVAL_METRICS, Monitor
 
 logger = logging.getLogger("hooktrain")
 
-#: What an evaluation returns when ``compute_metrics`` is not given (after the ``eval_`` prefix).
-_BUILTIN_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 
 
 def is_active(args: Any) -> bool:
@@ -125,11 +123,11 @@ def validate_args(trainer, args):
         return None
     problems = []
     name = Monitor(args.metric_for_best_model).name
-    if name not in _BUILTIN_METRICS and (trainer.compute_metrics is None or args.prediction_loss_only):
+    if name not in BUILTIN_EVAL_METRICS and (trainer.compute_metrics is None or args.prediction_loss_only):
         why = "prediction_loss_only=True" if args.prediction_loss_only else "without compute_metrics"
         problems.append(
             f"metric_for_best_model={args.metric_for_best_model!r} is not produced by the evaluation: "
-            f"{why} it returns only {', '.join(_BUILTIN_METRICS)}; pass compute_metrics=... to "
+            f"{why} it returns only {', '.join(BUILTIN_EVAL_METRICS)}; pass compute_metrics=... to "
             "Trainer (with prediction_loss_only=False) or choose one of those")
     return problems
 
