@@ -24,8 +24,9 @@ TOTAL_STEPS = 12  # 3 epochs
 
 def child(out: str, kill: str, at: int, resume: bool) -> None:
     """Train into *out*, resuming from its newest checkpoint when *resume*; die at the end of step
-    *at* (``kill="step"``) or right after the first file of checkpoint-*at* is written
-    (``kill="save"``); the final weights go to ``out/final``."""
+    *at* (``kill="step"``), right after the first file of checkpoint-*at* is written
+    (``kill="save"``) or just before the complete checkpoint-*at* is renamed into place
+    (``kill="publish"``); the final weights go to ``out/final``."""
     import torch
 
     import hooktrain.plugins.checkpoint as checkpoint
@@ -71,6 +72,15 @@ def child(out: str, kill: str, at: int, resume: bool) -> None:
             return record
 
         checkpoint.write_file = write_then_die
+    if kill == "publish":  # every file, the manifest and the fsyncs done; the rename not yet
+        replace = os.replace
+
+        def die_before_rename(src, dst, *rest, **kw):
+            if os.path.basename(src) == f".tmp-checkpoint-{at}":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return replace(src, dst, *rest, **kw)
+
+        checkpoint.os.replace = die_before_rename
 
     torch.manual_seed(0)
     args = TrainingArguments(
@@ -125,15 +135,18 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path):
         ("step", 5, 4, "killed after the first step of epoch 2: resumes at an epoch boundary"),
         ("step", 7, 6, "killed mid-epoch: resumes mid-epoch, from a resumed run"),
         ("save", 10, 9, "killed while writing checkpoint-10: resumes from checkpoint-9"),
+        ("publish", 11, 10, "killed with checkpoint-11 written but not renamed: resumes from checkpoint-10"),
     ]
     for i, (kill, at, newest, where) in enumerate(stages):
         killed = run_child(out, kill, at, resume=i > 0)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert checkpoint_steps(out) == list(range(1, newest + 1)), where
+        partial = out / f".tmp-checkpoint-{at}"
         if kill == "save":
-            partial = out / f".tmp-checkpoint-{at}"
             assert partial.is_dir() and len(list(partial.iterdir())) == 1, "one file written, then killed"
             assert not (partial / "manifest.json").exists()
+        if kill == "publish":  # complete, but never visible as checkpoint-11
+            assert (partial / "manifest.json").is_file()
         for step in checkpoint_steps(out):  # every checkpoint so far equals the uninterrupted run's
             assert_same_weights(reference / f"checkpoint-{step}", out / f"checkpoint-{step}", f"step {step}, {where}")
 
