@@ -63,16 +63,21 @@ def describe(output_dir: str | Path) -> list[dict[str, Any]]:
             "size_bytes": _size(path), "verified": not problems, "problems": problems,
             "incomplete": False,
         })
-    for path in sorted(out.glob(f"{TMP_PREFIX}checkpoint-*")) if out.is_dir() else []:
-        tmp_step = checkpoint_step(path.name[len(TMP_PREFIX):])
-        if tmp_step is None or not path.is_dir():
-            continue
-        rows.append({
-            "name": path.name, "path": str(path), "step": tmp_step, "epoch": None, "metric": None,
-            "value": None, "best_metric": None, "best": False, "size_bytes": _size(path),
-            "verified": False, "problems": ["an interrupted save (removed at the next start of training)"],
-            "incomplete": True,
-        })
+    left_overs = (  # what an interrupted save or replacement left; the next start of training tidies it
+        (TMP_PREFIX, "an interrupted save (removed at the next start of training)"),
+        (f"{TMP_PREFIX}replaced-", "set aside by an interrupted replacement (put back at the next start "
+                                   "of training)"),
+    )
+    for prefix, problem in left_overs:
+        for path in sorted(out.glob(f"{prefix}checkpoint-*")) if out.is_dir() else []:
+            tmp_step = checkpoint_step(path.name.removeprefix(prefix))
+            if tmp_step is None or not path.is_dir():
+                continue
+            rows.append({
+                "name": path.name, "path": str(path), "step": tmp_step, "epoch": None, "metric": None,
+                "value": None, "best_metric": None, "best": False, "size_bytes": _size(path),
+                "verified": False, "problems": [problem], "incomplete": True,
+            })
     rows.sort(key=lambda r: (r["step"], r["incomplete"]))
     complete = [r for r in rows if not r["incomplete"]]
     if complete:  # the newest checkpoint's state knows the run's best

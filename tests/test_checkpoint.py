@@ -573,6 +573,11 @@ def test_checkpoints_cli(tmp_path, capsys):
     assert rows[0]["size_bytes"] > 0 and rows[0]["problems"] == [] and rows[0]["verified"] is True
     assert rows[2]["verified"] is False and "scheduler.pt: sha256" in rows[2]["problems"][0]
     assert rows[3]["verified"] is False and rows[3]["incomplete"] is True
+    os.replace(tmp_path / "checkpoint-4", tmp_path / ".tmp-replaced-checkpoint-4")  # a crash mid-replacement
+    checkpoints_main([str(tmp_path), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    aside = [r for r in rows if r["name"] == ".tmp-replaced-checkpoint-4"]
+    assert len(aside) == 1 and aside[0]["step"] == 4 and "put back" in aside[0]["problems"][0]
 
     assert checkpoints_main([str(tmp_path / "nothing-here")]) == 2
     assert "no such directory" in capsys.readouterr().err
