@@ -9,13 +9,16 @@ import enum
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from hooktrain.core.args import OWNERS, TrainingArguments, argument_specs, optimizer_arg_names
+from hooktrain.core.args import OWNERS, TrainingArguments, argument_specs
 from hooktrain.core.cli import build_parser, parse_args, render_arguments_markdown
 from hooktrain.core.errors import ArgumentError
+from hooktrain.plugins.optimizers_args import optimizer_arg_names
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {f.name: f for f in dataclasses.fields(TrainingArguments)}
@@ -55,9 +58,9 @@ DEFAULTS = {
     "dataloader_pin_memory": (True, "core"),
     "dataloader_persistent_workers": (False, "core"),
     "dataloader_prefetch_factor": (None, "core"),
-    "include_num_input_tokens_seen": (False, "core"),
+    "include_num_input_tokens_seen": (False, "training"),
     "use_cpu": (False, "core"),
-    "torch_empty_cache_steps": (None, "core"),
+    "torch_empty_cache_steps": (None, "training"),
     "ignore_data_skip": (False, "core"),
     "disable_plugins": ([], "core"),
     "log_level": ("passive", "core"),
@@ -81,11 +84,11 @@ DEFAULTS = {
     "fp16_full_eval": (False, "precision"),
     "bf16_full_eval": (False, "precision"),
     "tf32": (True, "precision"),
-    "gradient_checkpointing": (False, "precision"),
-    "gradient_checkpointing_kwargs": (None, "precision"),
-    "torch_compile": (False, "precision"),
-    "torch_compile_backend": (None, "precision"),
-    "torch_compile_mode": (None, "precision"),
+    "gradient_checkpointing": (False, "gradient_checkpointing"),
+    "gradient_checkpointing_kwargs": (None, "gradient_checkpointing"),
+    "torch_compile": (False, "compile"),
+    "torch_compile_backend": (None, "compile"),
+    "torch_compile_mode": (None, "compile"),
     "disable_tqdm": (False, "progress"),
     "report_to": (["tensorboard"], "reporting"),
     "run_name": (None, "reporting"),
@@ -423,12 +426,59 @@ def test_optimizer_arg_names():
 
 
 def test_module_imports_no_torch_at_top_level():
-    for module in ("args.py", "cli.py"):
+    for module in ("args.py", "cli.py", "settings.py"):
         tree = ast.parse((ROOT / "hooktrain" / "core" / module).read_text())
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
         assert not [n for n in names if n.split(".")[0] in ("torch", "yaml")], (module, names)
+
+
+def test_arguments_import_only_settings_modules_and_no_torch():
+    """Composing TrainingArguments imports each group's settings module, never a plugin module."""
+    # the package itself imports the Trainer (and torch): load the args module without it
+    code = ("import sys, types; pkg = types.ModuleType('hooktrain'); "
+            f"pkg.__path__ = [{str(ROOT / 'hooktrain')!r}]; sys.modules['hooktrain'] = pkg; "
+            "import hooktrain.core.args; "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch', 'hooktrain.plugins.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = eval(out.stdout)  # a printed list of str
+    from hooktrain.plugins import BUILTINS
+
+    assert loaded == sorted(b.settings for b in BUILTINS if b.settings)
+
+
+def test_owner_is_where_the_field_is_declared():
+    from hooktrain.core.args import GROUPS
+
+    for group in GROUPS:
+        own = group.cls.__dict__["__annotations__"]
+        assert own and all(FIELDS[name].metadata["owner"] == group.owner for name in own)
+    assert sum(len(g.cls.__dict__["__annotations__"]) for g in GROUPS) == len(FIELDS)
+
+
+def test_static_view_of_training_arguments_matches_the_groups():
+    """Type checkers see TrainingArguments as a class with explicit bases (args.py, TYPE_CHECKING);
+    those bases are the groups composed at run time, in the same order."""
+    tree = ast.parse((ROOT / "hooktrain" / "core" / "args.py").read_text())
+    static = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments")
+    bases = [b.id for b in static.bases if isinstance(b, ast.Name)]
+    from hooktrain.core.args import GROUPS
+
+    assert bases == [g.cls.__name__ for g in reversed(GROUPS)] + ["_ArgumentsBehaviour"]
+    assert [c.__name__ for c in TrainingArguments.__mro__[1:-1]] == bases
+
+
+def test_num_train_epochs_zero_without_max_steps_is_rejected():
+    with pytest.raises(ArgumentError) as info:
+        make(num_train_epochs=0)
+    assert len(info.value.problems) == 1
+    assert "num_train_epochs=0" in info.value.problems[0] and "max_steps=-1" in info.value.problems[0]
+    with pytest.raises(ArgumentError, match="max_steps=0"):
+        make(num_train_epochs=0, max_steps=0)
+    assert make(num_train_epochs=0, max_steps=5).max_steps == 5  # max_steps wins
+    with pytest.raises(ArgumentError, match="num_train_epochs"):
+        make().replace(num_train_epochs=0)
 
 
 # ------------------------------------------------------------------------------------ derived helpers

@@ -6,7 +6,6 @@ import ast
 import inspect
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -164,11 +163,15 @@ def test_import_is_light():
     assert proc.stdout.strip() == "[]"
 
 
-def test_builtins_are_declared_as_entry_points():
-    text = (ROOT / "pyproject.toml").read_text()
-    for name, module in BUILTIN_PLUGINS:
-        if Path(ROOT, *module.split(".")).with_suffix(".py").exists():
-            assert re.search(rf'^"?{re.escape(name)}"? = "{re.escape(module)}"$', text, re.M), name
+def test_one_list_of_builtin_plugins():
+    """hooktrain.plugins.BUILTINS is the only list: the manager and the config groups derive from
+    it, and pyproject.toml declares no entry point of its own (they were never read)."""
+    from hooktrain.core.args import OWNERS
+    from hooktrain.plugins import BUILTINS
+
+    assert BUILTIN_PLUGINS == tuple((b.name, b.module) for b in BUILTINS)
+    assert OWNERS == ("core", *(b.name for b in BUILTINS if b.settings))
+    assert "[project.entry-points.hooktrain]" not in (ROOT / "pyproject.toml").read_text()
 
 
 # ---- layering and documentation ------------------------------------------------------------

@@ -14,13 +14,13 @@ values and flags override them. ``render_arguments_markdown()`` produces ``docs/
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hooktrain.core.args import OWNERS, ArgSpec, TrainingArguments, _suggest, argument_specs
-from hooktrain.core.errors import ArgumentError
+from hooktrain.core.args import OWNERS, TrainingArguments, load_config_file
+from hooktrain.core.errors import ArgumentError, did_you_mean
+from hooktrain.core.settings import ArgSpec, argument_specs
 
 __all__ = ["build_parser", "load_config_file", "parse_args", "render_arguments_markdown"]
 
@@ -55,6 +55,12 @@ def _with_choices(spec: ArgSpec, quote: str = "") -> str:
     return f"{spec.help} {'Built in' if spec.open_choices else 'One of'}: {named}."
 
 
+def _group_description(owner: str) -> str:
+    if owner == "core":
+        return "read by the core (training loop, data loading, logging and evaluation)"
+    return f"read by the {owner} plugin"
+
+
 def build_parser(defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
     """An ``argparse`` parser with one flag per field, in one argument group per owner plugin.
 
@@ -70,7 +76,7 @@ def build_parser(defaults: Mapping[str, Any] | None = None) -> argparse.Argument
                         help="YAML or JSON file of arguments (put it first); flags override it")
     parser.add_argument("--config", dest="config", metavar="CONFIG",
                         help="same as the positional CONFIG")
-    groups = {o: parser.add_argument_group(o, f"read by the {o} plugin") for o in OWNERS}
+    groups = {o: parser.add_argument_group(o, _group_description(o)) for o in OWNERS}
     for spec in argument_specs(TrainingArguments):
         group = groups.get(spec.owner) or parser.add_argument_group(spec.owner)
         default = defaults.get(spec.name, spec.default)
@@ -93,21 +99,6 @@ def build_parser(defaults: Mapping[str, Any] | None = None) -> argparse.Argument
     return parser
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a ``.json`` file, or in a YAML file (any other extension)."""
-    import yaml
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        values = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ArgumentError(f"cannot read config file {str(path)!r}: {exc}") from exc
-    values = {} if values is None else values
-    if not isinstance(values, dict):
-        raise ArgumentError(f"config file {str(path)!r} must hold a mapping of argument names")
-    return values
-
-
 def parse_args(
     argv: Sequence[str] | None = None,
     config_file: str | Path | None = None,
@@ -118,7 +109,7 @@ def parse_args(
     namespace, extras = parser.parse_known_args(argv)
     given = vars(namespace)
     flags = [f"--{s.name}" for s in argument_specs(TrainingArguments)]
-    problems = [f"unknown flag {x!r}{_suggest(x.split('=')[0], flags)}" if x.startswith("-")
+    problems = [f"unknown flag {x!r}{did_you_mean(x.split('=')[0], flags)}" if x.startswith("-")
                 else f"unexpected value {x!r}" for x in extras]
     files = [f for f in (config_file, given.pop("config_file", None), given.pop("config", None))
              if f is not None]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class HooktrainError(Exception):
     """Base class of every hooktrain error."""
@@ -41,3 +44,22 @@ class UnknownNameError(ArgumentError):
 
 class CheckpointError(HooktrainError):
     """A checkpoint is missing, incomplete or fails verification."""
+
+
+class CheckpointSettingError(CheckpointError, ValueError):
+    """A checkpoint setting does not fit the disk: resuming from a path that does not exist, or a
+    fresh run into an ``output_dir`` that already holds checkpoints. A :class:`CheckpointError`
+    and a ``ValueError``; a damaged checkpoint stays a plain :class:`CheckpointError`."""
+
+
+def closest_match(value: object, choices: Iterable[object]) -> str | None:
+    """The choice closest to *value* (difflib), or ``None``: the one "did you mean" of hooktrain."""
+    names = [c for c in choices if isinstance(c, str)]
+    close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(value: object, choices: Iterable[object]) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    close = closest_match(value, choices)
+    return f"; did you mean {close!r}?" if close else ""

@@ -29,16 +29,15 @@ from typing import Any
 
 from hooktrain.core.markers import hookimpl
 from hooktrain.core.monitor import Monitor
+from hooktrain.plugins.early_stopping_args import ACTIVATING
 
 logger = logging.getLogger("hooktrain")
 
 STATE_KEY = "early_stopping"
-_FIELDS = ("early_stopping_patience", "early_stopping_stopping_threshold",
-           "early_stopping_divergence_threshold")
 
 
 def is_active(args: Any) -> bool:
-    return any(getattr(args, name) is not None for name in _FIELDS)
+    return any(getattr(args, name) is not None for name in ACTIVATING)
 
 
 def _fmt(value: float | None) -> str:

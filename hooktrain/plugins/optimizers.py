@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from hooktrain.core.markers import hookimpl
+from hooktrain.plugins.optimizers_args import FUSED
 
-FUSED = ("adamw_torch_fused", "fused_adam")
 APEX_MISSING = (
     "optim='adamw_apex' needs NVIDIA apex (https://github.com/NVIDIA/apex), which is not "
     "installed; use optim='adamw_torch_fused' for a fused AdamW from torch itself"

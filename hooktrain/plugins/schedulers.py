@@ -16,17 +16,9 @@ from typing import Any
 import torch
 
 from hooktrain.core.markers import hookimpl
+from hooktrain.plugins.schedulers_args import SCHEDULER_KWARGS
 
-#: name -> the lr_scheduler_kwargs it accepts
-KWARGS: dict[str, set[str]] = {
-    "linear": set(),
-    "cosine": {"num_cycles"},
-    "cosine_with_restarts": {"num_cycles"},
-    "polynomial": {"lr_end", "power"},
-    "constant": set(),
-    "constant_with_warmup": set(),
-    "inverse_sqrt": {"timescale"},
-}
+KWARGS = SCHEDULER_KWARGS  # name -> the lr_scheduler_kwargs it accepts
 
 
 def _linear(t: int, w: int, n: int) -> float:
