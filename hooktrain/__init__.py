@@ -13,6 +13,7 @@ from hooktrain.core.args import TrainingArguments
 from hooktrain.core.errors import ArgumentError, CheckpointError, HooktrainError, PluginLoadError
 from hooktrain.core.loop import Trainer, TrainOutput
 from hooktrain.core.markers import hookimpl, hookspec
+from hooktrain.core.reporter import Reporter
 from hooktrain.core.state import TrainerState
 from hooktrain.core.types import EvalPrediction, StepOutcome
 
@@ -22,6 +23,7 @@ __all__ = [
     "EvalPrediction",
     "HooktrainError",
     "PluginLoadError",
+    "Reporter",
     "StepOutcome",
     "TrainOutput",
     "Trainer",

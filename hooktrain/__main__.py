@@ -96,9 +96,11 @@ def print_summary(trainer: Any, result: Any) -> None:
     lines.append(f"checkpoints:  {', '.join(checkpoints) or 'none'}  (list them: hooktrain checkpoints {out})")
     if "tensorboard" in args.report_to or "all" in args.report_to:
         lines.append(f"tensorboard:  {args.logging_dir}  (view: tensorboard --logdir {args.logging_dir})")
-    for name, plugin in trainer.plugin_manager.list_name_plugin():
-        uri = getattr(plugin, "tracking_uri", None)
-        if name == "reporter.mlflow" and uri:
+    from hooktrain.plugins.reporting import active_reporters
+
+    for name, reporter in active_reporters(trainer).items():
+        uri = getattr(reporter, "tracking_uri", None)
+        if name == "mlflow" and uri:
             lines.append(f"mlflow:       {uri}  (view: mlflow ui --backend-store-uri {uri})")
     try:
         from hooktrain.plot import plot

@@ -23,6 +23,7 @@ from readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same
 from hooktrain.core import hookspecs
 from hooktrain.core.args import TrainingArguments
 from hooktrain.core.markers import PROJECT
+from hooktrain.core.reporter import Reporter, reporter_calls
 from hooktrain.plugins.reporters import comet, mlflow, tensorboard, wandb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +96,6 @@ def test_modules_register_reporter_names_through_pluggy(tmp_path):
     pm.add_hookspecs(hookspecs)
     for module in (tensorboard, wandb, mlflow, comet):
         pm.register(module)
-    # a reporter object's hook implementations match the reporter hookspecs
-    pm.register(tensorboard.TensorBoardReporter(make_args(tmp_path, "r", "tensorboard")))
     pm.check_pending()
 
     registered: dict[str, object] = {}
@@ -109,6 +108,12 @@ def test_modules_register_reporter_names_through_pluggy(tmp_path):
         "comet_ml": comet.CometReporter,
     }
     assert all(m.available() for m in (tensorboard, wandb, mlflow, comet))
+    # a reporter is an object of the reporter interface, not a plugin: it implements no hook
+    reporter = tensorboard.TensorBoardReporter(make_args(tmp_path, "r", "tensorboard"))
+    assert isinstance(reporter, Reporter)
+    assert not [name for name in dir(reporter) if pm.parse_hookimpl_opts(reporter, name) is not None]
+    calls, problems = reporter_calls(reporter, "tensorboard")
+    assert sorted(calls) == ["report_run_end", "report_run_start", "report_scalars"] and not problems
 
 
 def test_importing_reporter_modules_imports_no_tracker():

@@ -20,14 +20,16 @@ import textwrap
 import threading
 import time
 import types
+import warnings
 from pathlib import Path
 
 import pytest
 from helpers import tiny_trainer_parts, tracker_series
 from readback import read_comet, read_mlflow, read_tensorboard, read_wandb, same_series
 
-from hooktrain import HooktrainError, Trainer, TrainingArguments, hookimpl
-from hooktrain.plugins.reporting import ReporterError, namespaced
+import hooktrain
+from hooktrain import HooktrainError, PluginLoadError, Trainer, TrainingArguments, hookimpl
+from hooktrain.plugins.reporting import ReporterError, active_reporters, namespaced
 
 REPO = Path(__file__).resolve().parents[1]
 FOUR = ["tensorboard", "wandb", "comet", "mlflow"]
@@ -273,11 +275,10 @@ def test_report_to_all_selects_every_importable_reporter_once(chdir_tmp, mlflow_
                                          eval_strategy="no"), plugins=plugins, **tiny_trainer_parts())
     finally:
         del sys.modules[missing.__name__]
-    pm = trainer.plugin_manager
-    selected = sorted(n for n, _ in pm.list_name_plugin() if n.startswith("reporter."))
     # comet_ml is an alias of comet: one comet run, not two
-    assert selected == ["reporter.comet", "reporter.extra", "reporter.mlflow", "reporter.tensorboard",
-                        "reporter.wandb"]
+    assert sorted(active_reporters(trainer)) == ["comet", "extra", "mlflow", "tensorboard", "wandb"]
+    # reporters are objects, not plugins (none of these implements a hook)
+    assert not [n for n, _ in trainer.plugin_manager.list_name_plugin() if n.startswith("reporter.")]
     trainer.train()
     loss = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     assert [s for s, _ in loss] == [2]
@@ -286,6 +287,149 @@ def test_report_to_all_selects_every_importable_reporter_once(chdir_tmp, mlflow_
         assert same_series(run["scalars"]["train/loss"], loss, rel=1e-6), name
     assert len(list((out / "comet").glob("*.zip"))) == 1
     assert extra.calls[0] == ("start", "run-all", 0.05) and extra.calls[-1] == ("end", "completed")
+
+
+# ---- the reporter interface: objects, old-style reporters, reporters that are also plugins ---------
+
+
+class OldStyleCsvReporter:
+    """The reporter docs/writing-plugins.md showed when ``report_*`` were hooks, unchanged:
+    a plain class whose methods are marked ``@hookimpl``."""
+
+    def __init__(self, args):
+        self.output_dir = os.fspath(args.output_dir)
+        self.path = os.path.join(self.output_dir, "metrics.csv")
+        self._file = self._writer = None
+
+    @hookimpl
+    def report_run_start(self, run_name, config):
+        import csv
+
+        os.makedirs(self.output_dir, exist_ok=True)
+        self._file = open(self.path, "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(["step", "name", "value"])
+
+    @hookimpl
+    def report_scalars(self, scalars, step):
+        for name, value in scalars.items():
+            self._writer.writerow([step, name, repr(float(value))])
+        self._file.flush()
+
+    @hookimpl
+    def report_run_end(self, status):
+        self._file.close()
+
+
+old_style_module = types.ModuleType("hooktrain_old_style_csv")  # the plugin module, as documented
+
+
+@hookimpl
+def _register_old_style(register):
+    register("csv", OldStyleCsvReporter)
+
+
+old_style_module.register_reporters = _register_old_style
+
+
+def read_csv_series(path: Path) -> dict[str, list[tuple[int, float]]]:
+    got: dict[str, list[tuple[int, float]]] = {}
+    rows = path.read_text().splitlines()
+    assert rows[0] == "step,name,value"
+    for row in rows[1:]:
+        step, name, value = row.split(",")
+        got.setdefault(name, []).append((int(step), float(value)))
+    return got
+
+
+@pytest.mark.parametrize("how", ["plugin_object", "registered"])
+def test_an_old_style_reporter_with_hookimpl_markers_works_unchanged(chdir_tmp, how):
+    """Passed to the Trainer, or registered by name through a plugin module."""
+    out = chdir_tmp / "out"
+    args = make_args(out, run_name="csv-run", report_to=["csv"] if how == "registered" else "none")
+    plugins = [old_style_module] if how == "registered" else [OldStyleCsvReporter(args)]
+    trainer = Trainer(args=args, plugins=plugins, **tiny_trainer_parts())
+    trainer.train()
+    assert read_csv_series(out / "metrics.csv") == tracker_series(trainer.state.log_history)
+    assert len(active_reporters(trainer)) == 1
+
+
+class Subset(hooktrain.Reporter):
+    """A new-style reporter: no markers, two of the five methods, one taking a subset of its arguments."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.statuses: list[str] = []
+        self.threads: set[str] = set()
+
+    def report_scalars(self, step):
+        self.threads.add(threading.current_thread().name)
+        self.steps.append(step)
+
+    def report_run_end(self, status):
+        self.statuses.append(status)
+
+
+def test_a_reporter_subclass_implements_only_what_it_needs(chdir_tmp):
+    reporter = Subset()
+    registered = Subset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = Trainer(args=make_args(chdir_tmp / "out", report_to=["subset"], eval_strategy="no"),
+                          plugins=[reporter, Registers("subset", registered)], **tiny_trainer_parts())
+    # methods named report_* are no hooks: no "named like a hook but not marked" warning
+    assert not [w for w in caught if "hook" in str(w.message)], [str(w.message) for w in caught]
+    trainer.train()
+    logged = [e["step"] for e in trainer.state.log_history]
+    for rep in (reporter, registered):
+        assert rep.steps == logged and rep.statuses == ["completed"]
+        assert threading.current_thread().name not in rep.threads
+    assert set(active_reporters(trainer)) == {"subset", "Subset-0"}
+
+
+def test_a_reporter_that_also_implements_hooks_is_registered_for_those_hooks_only(chdir_tmp):
+    calls: list[tuple] = []
+
+    class Listening(Recorder):
+        @hookimpl
+        def on_step_end(self, state):  # a real hook: called by pluggy on the training thread
+            calls.append(("step_end", state.global_step, threading.current_thread().name))
+
+    listening = Listening("listening")
+    trainer = Trainer(args=make_args(chdir_tmp / "out", report_to=["listening"], eval_strategy="no"),
+                      plugins=[Registers("listening", listening)], **tiny_trainer_parts())
+    pm = trainer.plugin_manager
+    assert pm.get_plugin("reporter.listening") is listening
+    hooks = sorted(c.name for c in pm.get_hookcallers(listening))
+    assert hooks == ["on_step_end"]  # its report_* methods are not hooks
+    trainer.train()
+    main = threading.current_thread().name
+    assert calls == [("step_end", step, main) for step in range(1, 7)]
+    # each report_* call once, from the bridge's thread
+    assert [c[0] for c in listening.calls] == ["start", "scalars", "scalars", "scalars", "scalars", "end"]
+    assert main not in listening.threads
+
+
+def test_a_reporter_method_with_an_argument_it_is_never_given_is_an_error(chdir_tmp):
+    class Wrong(hooktrain.Reporter):
+        def report_scalars(self, scalars, step, epoch):
+            pass
+
+        def report_run_end(self, status, reason, verbose=False):  # a defaulted one is fine
+            pass
+
+    with pytest.raises(PluginLoadError) as info:
+        Trainer(args=make_args(chdir_tmp / "out", report_to=["wrong"]),
+                plugins=[Registers("wrong", Wrong())], **tiny_trainer_parts())
+    message = str(info.value)
+    assert "reporter 'wrong': report_scalars() takes 'epoch'" in message
+    assert "report_run_end() takes 'reason'" in message and "verbose" not in message
+
+
+def test_a_factory_returning_no_reporter_is_an_error(chdir_tmp):
+    with pytest.raises(PluginLoadError, match="reporter 'nothing'.*none of the report_\\* methods"):
+        Trainer(args=make_args(chdir_tmp / "out", report_to=["nothing"]),
+                plugins=[Registers("nothing", object())], **tiny_trainer_parts())
 
 
 # ---- isolation: a failing, a slow and a hanging reporter ------------------------------------------
@@ -560,6 +704,7 @@ def test_a_missing_tracker_library_is_an_error_naming_the_extra(tmp_path):
         sys.path.insert(0, {str(REPO / 'tests')!r})
         from helpers import tiny_trainer_parts
         from hooktrain import PluginLoadError, Trainer, TrainingArguments
+        from hooktrain.plugins.reporting import active_reporters
 
         def args(report_to):
             return TrainingArguments(output_dir={str(tmp_path / 'out')!r}, report_to=report_to,
@@ -569,7 +714,7 @@ def test_a_missing_tracker_library_is_an_error_naming_the_extra(tmp_path):
         except PluginLoadError as exc:
             print("ERROR", exc)
         trainer = Trainer(args=args("all"), **tiny_trainer_parts())
-        print("ALL", sorted(n for n, _ in trainer.plugin_manager.list_name_plugin() if n.startswith("reporter.")))
+        print("ALL", sorted(active_reporters(trainer)))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path, env=subprocess_env())
@@ -577,7 +722,7 @@ def test_a_missing_tracker_library_is_an_error_naming_the_extra(tmp_path):
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("ERROR", "ALL")))
     assert 'pip install "hooktrain[wandb]"' in lines["ERROR"] and "wandb" in lines["ERROR"]
     # report_to="all" quietly leaves out what is not installed
-    assert lines["ALL"] == "['reporter.tensorboard']"
+    assert lines["ALL"] == "['tensorboard']"
 
 
 def test_a_nan_loss_is_reported_as_nan(chdir_tmp):

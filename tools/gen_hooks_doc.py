@@ -21,8 +21,6 @@ SECTIONS = [
     ("Actions", "firstresult, with a trylast built-in you can replace or wrap",
      ["create_optimizer", "create_scheduler", "training_step", "backward", "optimizer_step",
       "evaluation_loop", "reduce_mean", "save_checkpoint", "save_model", "resume_checkpoint"]),
-    ("Reporters", "called by the reporting bridge on a worker thread, never by the loop",
-     ["report_run_start", "report_scalars", "report_flush", "report_artifact", "report_run_end"]),
 ]
 
 INTRO = """# Hooks
@@ -36,6 +34,10 @@ any subset of the hook's keyword arguments. A misspelt hook name is an error whe
 `@hookimpl(tryfirst=True)` / `@hookimpl(trylast=True)` order implementations;
 `@hookimpl(wrapper=True)` wraps the others (`result = yield`) — the precision plugin wraps
 `training_step` in autocast that way.
+
+Reporters are not hooks. A reporter is an object with `report_*` methods (`hooktrain.Reporter`),
+added to the reporter registry by `register_reporters` and called by the reporting plugin on a
+thread of its own; see [reporters.md](reporters.md#writing-a-reporter).
 """
 
 

@@ -9,9 +9,10 @@ Installed, it registers the reporter ``"csv"``; select it with
   ``"status": "running"`` and rewritten with the end status (``completed``, ``stopped``,
   ``failed``).
 
-The reporting bridge calls these hooks from a background thread, one call at a time and in
-order, so the reporter needs no locking, and may flush after every call without slowing the
-training down.
+``CsvReporter`` implements three methods of the reporter interface (``hooktrain.Reporter``);
+the ``register_reporters`` hook adds it to the registry under its name. hooktrain calls the
+methods from a background thread, one call at a time and in order, so the reporter needs no
+locking, and may flush after every call without slowing the training down.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import json
 import os
 from typing import Any
 
-from hooktrain import hookimpl
+from hooktrain import Reporter, hookimpl
 
 NAME = "csv"
 
 
-class CsvReporter:
+class CsvReporter(Reporter):
     """Appends the run's scalars to ``metrics.csv`` in the run's output directory."""
 
     name = NAME
@@ -43,7 +44,6 @@ class CsvReporter:
         with open(os.path.join(self.output_dir, "run.json"), "w", encoding="utf-8") as f:
             json.dump({"run_name": self.run_name, "status": status}, f)
 
-    @hookimpl
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
         self.run_name = run_name
@@ -52,7 +52,6 @@ class CsvReporter:
         self._writer.writerow(["step", "name", "value"])
         self._write_run("running")
 
-    @hookimpl
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self._writer is None:
             return
@@ -60,7 +59,6 @@ class CsvReporter:
             self._writer.writerow([step, name, repr(float(value))])
         self._file.flush()
 
-    @hookimpl
     def report_run_end(self, status: str) -> None:
         if self._file is None:
             return

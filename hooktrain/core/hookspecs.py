@@ -1,6 +1,6 @@
 """Hook specifications: the whole interface between the loop and the plugins.
 
-Six kinds of hooks, each with one calling rule:
+Five kinds of hooks, each with one calling rule:
 
 * **Plugin system and registries** — every implementation runs.
 * **Events** — notifications; every implementation runs; return values are ignored.
@@ -8,9 +8,10 @@ Six kinds of hooks, each with one calling rule:
 * **Decisions** — ``firstresult``: the first non-``None`` answer wins; built-in answers are ``trylast``.
 * **Actions** — ``firstresult`` overridable steps of the loop (optimizer, scheduler, training step,
   backward, optimizer step, evaluation); the built-in implementation is ``trylast``.
-* **Reporters** — narrow hooks called only by the reporting bridge, never by the loop.
 
-Arguments are keyword-only; an implementation may accept any subset of them.
+Arguments are keyword-only; an implementation may accept any subset of them. Reporters are
+not hooks: they are objects with ``report_*`` methods (:class:`hooktrain.Reporter`), added
+through ``register_reporters``.
 """
 
 from __future__ import annotations
@@ -61,11 +62,6 @@ __all__ = [
     "save_checkpoint",
     "save_model",
     "resume_checkpoint",
-    "report_run_start",
-    "report_scalars",
-    "report_flush",
-    "report_artifact",
-    "report_run_end",
 ]
 
 Trigger = Literal["step", "epoch", "train_end"]
@@ -104,8 +100,11 @@ def configure(trainer: Trainer, args: TrainingArguments) -> None:
 def register_reporters(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Add reporters to the open reporter registry.
 
-    Call ``register(name, factory)``; ``factory(args)`` returns the reporter plugin object
-    (implementing the ``report_*`` hooks). ``args.report_to`` selects reporters by name.
+    Call ``register(name, factory)``; ``factory(args)`` returns the reporter: an object with
+    ``report_*`` methods, usually a :class:`hooktrain.Reporter` subclass (docs/reporters.md).
+    ``args.report_to`` selects reporters by name. A reporter is not registered as a plugin,
+    unless it also implements hooks (marked ``@hookimpl``): then it is registered as
+    ``reporter.<name>`` for those hooks.
 
     :param register: the registry's ``register(name, factory)`` function.
     """
@@ -463,56 +462,4 @@ def resume_checkpoint(trainer: Trainer, checkpoint: str | bool | None) -> Path |
     :param trainer: the Trainer.
     :param checkpoint: ``True`` (the newest valid checkpoint), a checkpoint path, or ``None``
         (the arguments decide: ``args.resume_from_checkpoint``).
-    """
-
-
-# ---- Reporters: called only by the reporting bridge ----------------------------------------
-
-
-@hookspec
-def report_run_start(run_name: str, config: dict[str, Any]) -> None:
-    """A run starts: open it in your tracker.
-
-    :param run_name: the run's name (``args.run_name`` or a generated one).
-    :param config: the JSON-safe arguments dict.
-    """
-
-
-@hookspec
-def report_scalars(scalars: dict[str, float], step: int) -> None:
-    """Record scalars (namespaced: ``train/loss``, ``eval/accuracy``) at the global step.
-
-    :param scalars: name to value.
-    :param step: the global optimizer step.
-    """
-
-
-@hookspec
-def report_flush() -> None:
-    """Every event queued so far has been handed to you: send what you buffered.
-
-    Called on the reporter's own thread after each batch of events, so a reporter may buffer
-    ``report_scalars`` calls and send them in one request here instead of one per call.
-    """
-
-
-@hookspec
-def report_artifact(path: str, name: str, step: int) -> None:
-    """Store the directory *path* (a checkpoint) in your tracker as the artifact *name*.
-
-    Called only when ``report_checkpoints=True``, after each checkpoint is complete, on the
-    reporter's own thread: training goes on meanwhile, and ``save_total_limit`` rotation keeps
-    the checkpoint until every reporter has stored it.
-
-    :param path: the checkpoint directory.
-    :param name: the artifact's name (``checkpoint-N``).
-    :param step: the global step of the checkpoint.
-    """
-
-
-@hookspec
-def report_run_end(status: Literal["completed", "stopped", "failed"]) -> None:
-    """The run ended: close it with its status.
-
-    :param status: ``"completed"``, ``"stopped"`` or ``"failed"``.
     """

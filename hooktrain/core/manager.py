@@ -17,6 +17,7 @@ from hooktrain.core import hookspecs
 from hooktrain.core.errors import PluginLoadError
 from hooktrain.core.markers import PROJECT
 from hooktrain.core.registry import Registry
+from hooktrain.core.reporter import REPORTER_METHODS
 from hooktrain.plugins import BUILTINS
 
 logger = logging.getLogger("hooktrain")
@@ -87,6 +88,11 @@ class PluginManager(pluggy.PluginManager):
                 f"Disable it with disable_plugins=[{name!r}] or {DISABLE_AUTOLOAD_ENV}=1."
             ) from exc
         self.origins[name] = PluginInfo(name, distribution, version, builtin)
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        if name in REPORTER_METHODS:  # reporter methods, called by the reporting plugin; never hooks
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
 
     def load_builtins(self) -> None:
         version = _own_version()

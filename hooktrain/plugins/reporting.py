@@ -1,36 +1,49 @@
-"""The reporting bridge: turns training events into ``report_*`` calls, off the training thread.
+"""Reporting: feeds the selected reporters (:class:`hooktrain.Reporter`) off the training thread.
 
-Reads: report_to, run_name, report_errors, report_timeout. Active on the main process when
-``report_to`` selects at least one reporter. Every reporter gets its own worker thread and its
-own bounded queue, so a slow or hung tracker never stalls a training step nor the other
-reporters; each reporter's calls arrive in order. A reporter that raises is switched off with a
-warning naming it (``report_errors="raise"`` makes that fatal: the next log event raises
-:class:`ReporterError`); the others and the training go on. At the end the workers get
-``report_timeout`` seconds (together) to finish, then are abandoned with a warning. Logs outside
-``train()`` (a standalone ``evaluate()``) are reported as a short run of their own.
+Reads: report_to, run_name, report_errors, report_timeout, report_checkpoints. Active on the main
+process when ``report_to`` selects a reporter or a ``Trainer(plugins=[...])`` object is one.
+
+Reporters are objects, not plugins: the bridge calls their ``report_*`` methods itself. A
+reporter that also implements real hooks (``on_save``…, marked ``@hookimpl``) is registered as
+the plugin ``reporter.<name>`` for those hooks; its ``report_*`` methods are never hooks.
+
+How a reporter is fed: every reporter has a worker thread and a buffer of its own. On a log event
+the training thread only appends ``(method, arguments)`` to each buffer (no lock, no wake-up);
+the worker wakes every ``BATCH_SECONDS``, takes everything buffered, builds the arguments
+(``train/…`` names, a fresh config dict) and calls the reporter, in order, then
+``report_flush``. The start and the end of a run wake it at once, so the end of ``train()``
+does not wait for a timer. A reporter that raises is switched off with a warning naming it
+(``report_errors="raise"``: the next log event raises :class:`ReporterError`); the others and
+the training go on. At the end the workers get ``report_timeout`` seconds (together) to finish,
+then are abandoned with a warning. Logs outside ``train()`` (a standalone ``evaluate()``) are
+reported as a short run of their own.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from hooktrain.core.errors import HooktrainError
+from hooktrain.core.errors import HooktrainError, PluginLoadError
 from hooktrain.core.markers import hookimpl
+from hooktrain.core.reporter import Call, is_reporter, reporter_calls
 
 logger = logging.getLogger("hooktrain")
 
 QUEUE_SIZE = 10_000  # events per reporter; beyond that new events are dropped (with a warning)
-#: The hooks a reporter implements; the bridge calls them on the reporter's own thread.
-REPORTER_HOOKS = ("report_run_start", "report_scalars", "report_flush", "report_artifact", "report_run_end")
-BATCH_SECONDS = 0.05  # a worker takes its queued events in batches, at most this often
+BATCH_SECONDS = 0.05  # a worker takes its buffered events in batches, at most this often
+BRIDGE_NAME = "reporting.bridge"
 _STOP = object()
+
+#: What a worker is handed: the method's name and its arguments, or a function that builds them
+#: (run on the worker thread, so the training thread does not pay for it).
+Item = tuple[str, Mapping[str, Any] | Callable[[], Mapping[str, Any]]]
 
 
 class ReporterError(HooktrainError):
@@ -58,13 +71,15 @@ def selected_names(report_to: list[str], registry: Any) -> list[str]:
 
 
 def _available(registry: Any, name: str) -> bool:
+    import importlib
+
     factory = registry.factory(name)
     module = importlib.import_module(factory.__module__)
     check = getattr(module, "available", None)
     return bool(check()) if callable(check) else True
 
 
-def namespaced(logs: dict[str, Any]) -> dict[str, float]:
+def namespaced(logs: Mapping[str, Any]) -> dict[str, float]:
     """Numeric log values with tracker names: ``eval_x`` → ``eval/x``, ``test_x`` → ``test/x``
     (``evaluate(metric_key_prefix="test")``), everything else → ``train/x``."""
     scalars = {}
@@ -80,69 +95,82 @@ def namespaced(logs: dict[str, Any]) -> dict[str, float]:
 
 
 class _Worker:
-    """One reporter's queue and thread."""
+    """One reporter's buffer and thread, for one run."""
 
-    def __init__(self, label: str, impls: dict[str, Any]):
+    def __init__(self, label: str, calls: Mapping[str, Call]):
         self.label = label
-        self.impls = impls  # hook name -> HookImpl of this reporter
-        self.queue: queue.Queue[Any] = queue.Queue(QUEUE_SIZE)
+        self.calls = calls  # method name -> call(arguments)
+        self.pending: deque[Any] = deque()  # appended by the training thread, emptied by the worker
+        self.wake = threading.Event()
         self.error: BaseException | None = None
         self.dropped = 0
         self.thread = threading.Thread(target=self._run, name=f"hooktrain-report-{label}", daemon=True)
         self.thread.start()
 
-    def _offer(self, item: Any, deadline: float | None) -> bool:
-        """Queue *item*, waiting for room until *deadline* (``None``: not at all); False if still full."""
-        try:
-            if deadline is None:
-                self.queue.put_nowait(item)
-            else:
-                self.queue.put(item, timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Full:
-            return False
-        return True
+    def put(self, method: str, arguments: Any, urgent: bool = False) -> None:
+        """Buffer a call; drop it (with one warning) when the reporter is this far behind.
 
-    def put(self, hook_name: str, kwargs: dict[str, Any], deadline: float | None = None) -> None:
-        """Queue a call; drop it (with one warning) when the queue stays full past *deadline*.
-
-        A reporter that failed gets nothing more but its ``report_run_end`` (to close files and runs).
+        A reporter that failed gets nothing more but its ``report_run_end`` (to close files and
+        runs), which is never dropped. *urgent* wakes the worker now instead of at its next batch.
         """
-        if hook_name not in self.impls or (self.error is not None and hook_name != "report_run_end"):
+        if method not in self.calls or (self.error is not None and method != "report_run_end"):
             return
-        if not self._offer((hook_name, kwargs), deadline):
+        if len(self.pending) >= QUEUE_SIZE and method != "report_run_end":
             self.dropped += 1
             if self.dropped == 1:
                 logger.warning("reporter %r is not keeping up; dropping its events", self.label)
+            return
+        self.pending.append((method, arguments))
+        if urgent:
+            self.wake.set()
+
+    def marker(self) -> threading.Event:
+        """An event set once everything buffered so far has been handled (or the reporter is off)."""
+        event = threading.Event()
+        if self.error is not None:
+            event.set()
+        else:
+            self.pending.append(event)
+        return event
+
+    def close(self) -> None:
+        """End the worker after what is buffered, and wake it now."""
+        self.pending.append(_STOP)
+        self.wake.set()
+
+    def join(self, deadline: float) -> bool:
+        """Wait until *deadline* for the worker to finish. False when it had to be abandoned."""
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.thread.is_alive()
 
     def _run(self) -> None:
-        get, get_nowait = self.queue.get, self.queue.get_nowait
+        pending, wake = self.pending, self.wake
+        popleft = pending.popleft
+        flush = "report_flush" in self.calls
         while True:
-            batch = [get()]  # wait for work, then take everything queued meanwhile
-            try:
-                while len(batch) < 1000:
-                    batch.append(get_nowait())
-            except queue.Empty:
-                pass
-            for item in batch:
+            # Sleep between batches instead of waking up for each event: each wake-up would cost
+            # the training thread a hand-over of the interpreter lock.
+            wake.wait(BATCH_SECONDS)
+            wake.clear()
+            if not pending:
+                continue
+            while pending:
+                item = popleft()
                 if item is _STOP:
                     return
                 if isinstance(item, threading.Event):  # the bridge waits for what came before
                     item.set()
                     continue
                 self._call(*item)
-            if "report_flush" in self.impls:
+            if flush:
                 self._call("report_flush", {})
-            # Let the next events pile up instead of waking up for each one: waking this thread
-            # per event costs the training thread two handovers of the interpreter lock.
-            time.sleep(BATCH_SECONDS)
 
-    def _call(self, hook_name: str, kwargs: dict[str, Any]) -> None:
+    def _call(self, method: str, arguments: Any) -> None:
         failed = self.error is not None
-        if failed and hook_name != "report_run_end":
+        if failed and method != "report_run_end":
             return
-        impl = self.impls[hook_name]
         try:
-            impl.function(*[kwargs[a] for a in impl.argnames])
+            self.calls[method](arguments() if callable(arguments) else arguments)
         except Exception as exc:
             if failed:  # closing after an earlier failure: best effort, already reported
                 logger.debug("reporter %r also failed to end its run: %r", self.label, exc)
@@ -150,62 +178,35 @@ class _Worker:
             self.error = exc
             logger.warning(
                 "reporter %r failed in %s (%s: %s); it is switched off for the rest of the run",
-                self.label, hook_name, type(exc).__name__, exc,
+                self.label, method, type(exc).__name__, exc,
             )
-
-    def marker(self, deadline: float) -> threading.Event:
-        """An event set once everything queued so far has been handled (or the reporter is off)."""
-        event = threading.Event()
-        if self.error is not None:
-            event.set()
-        else:
-            self._offer(event, deadline)  # when full it is never set: the caller's wait times out
-        return event
-
-    def close(self, deadline: float) -> None:
-        """Queue the end of the worker (after what is queued); wait for room until *deadline*."""
-        self._offer(_STOP, deadline)
-
-    def join(self, deadline: float) -> bool:
-        """Wait until *deadline* for the worker to finish. False when it had to be abandoned."""
-        self.thread.join(max(0.0, deadline - time.monotonic()))
-        return not self.thread.is_alive()
 
 
 class ReportingBridge:
-    """Feeds every ``report_*`` implementation from ``on_train_begin`` / ``on_log`` / ``on_train_end``.
+    """Feeds the reporters from ``on_train_begin`` / ``on_log`` / ``on_save`` / ``on_train_end``.
 
     A run is open from ``on_train_begin`` to ``on_train_end``. Logs outside ``train()`` (a
     ``trainer.evaluate()`` before or after training) open a short run of their own that
     ``on_evaluate`` closes, so nothing is left unflushed.
     """
 
-    def __init__(self, args: Any):
+    def __init__(self, args: Any, reporters: Mapping[str, object], calls: Mapping[str, Mapping[str, Call]]):
         self.args = args
+        #: The run's reporters by name (``report_to`` names, or plugin names for plugin objects).
+        self.reporters = dict(reporters)
+        self._calls = calls
         self.workers: list[_Worker] = []
         self._standalone = False  # the open run belongs to an evaluate() outside train()
         self._storing: dict[str, list[threading.Event]] = {}  # checkpoint name -> set when stored
 
-    def _start(self, trainer: Any) -> None:
-        pm = trainer.plugin_manager
-        by_plugin: dict[int, tuple[Any, dict[str, Any]]] = {}
-        for hook_name in REPORTER_HOOKS:
-            for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                entry = by_plugin.setdefault(id(impl.plugin), (impl.plugin, {}))
-                entry[1][hook_name] = impl
-        self.workers = [_Worker(_label(pm, p), impls) for p, impls in by_plugin.values()]
+    def _start(self) -> None:
+        self.workers = [_Worker(label, calls) for label, calls in self._calls.items()]
         args = self.args
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_name = args.run_name or f"{os.path.basename(os.path.abspath(args.output_dir))}-{stamp}"
-        self._put("report_run_start", run_name=run_name, config=args.to_dict())
-
-    def _put(self, hook_name: str, **kwargs: Any) -> None:
-        workers = self.workers
-        for i, worker in enumerate(workers):
-            if i:  # every reporter gets its own dicts: one that changes them affects nobody else
-                kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
-            worker.put(hook_name, kwargs)
-        self._raise_if_fatal()  # after: the healthy reporters still get this event
+        to_dict = args.to_dict
+        for worker in self.workers:  # each gets its own config dict, built on its own thread
+            worker.put("report_run_start", lambda: {"run_name": run_name, "config": to_dict()}, urgent=True)
 
     def _raise_if_fatal(self, workers: list[_Worker] | None = None) -> None:
         if self.args.report_errors != "raise":
@@ -215,13 +216,13 @@ class ReportingBridge:
                 raise ReporterError(f"reporter {worker.label!r} failed: {worker.error!r}") from worker.error
 
     def _end(self, status: str) -> None:
-        """Queue ``report_run_end``, then give every worker until one shared deadline to finish."""
+        """Hand every worker ``report_run_end``, then give them one shared deadline to finish."""
         workers, self.workers = self.workers, []
         self._standalone = False
         deadline = time.monotonic() + self.args.report_timeout
         for worker in workers:  # every worker first gets its end, then all finish in parallel
-            worker.put("report_run_end", {"status": status}, deadline)
-            worker.close(deadline)
+            worker.put("report_run_end", {"status": status})
+            worker.close()
         for worker in workers:
             if not worker.join(deadline):
                 logger.warning(
@@ -232,29 +233,37 @@ class ReportingBridge:
             self._raise_if_fatal(workers)
 
     @hookimpl
-    def on_train_begin(self, trainer):
+    def on_train_begin(self):
         if self.workers:  # an evaluate() run was left open: close it first
             self._end("completed")
-        self._start(trainer)
+        self._start()
 
     @hookimpl
-    def on_log(self, trainer, state, logs):
+    def on_log(self, state, logs):
         if not self.workers:
             self._standalone = True
-            self._start(trainer)
-        scalars = namespaced(logs)
-        if scalars:
-            self._put("report_scalars", scalars=scalars, step=state.global_step)
+            self._start()
+        step = state.global_step
+
+        def arguments() -> dict[str, Any]:  # on each worker: its own dict of tracker names
+            return {"scalars": namespaced(logs), "step": step}
+
+        for worker in self.workers:
+            worker.put("report_scalars", arguments)
+        self._raise_if_fatal()  # after: the healthy reporters still get this event
 
     @hookimpl
     def on_save(self, state, checkpoint_dir):
         """With ``report_checkpoints``: hand the checkpoint to the reporters, without waiting."""
         if not self.args.report_checkpoints or not self.workers:
             return
-        name = os.path.basename(os.fspath(checkpoint_dir))
-        self._put("report_artifact", path=os.fspath(checkpoint_dir), name=name, step=state.global_step)
-        deadline = time.monotonic() + self.args.report_timeout
-        self._storing[name] = [w.marker(deadline) for w in self.workers if "report_artifact" in w.impls]
+        path = os.fspath(checkpoint_dir)
+        name = os.path.basename(path)
+        arguments = {"path": path, "name": name, "step": state.global_step}
+        for worker in self.workers:
+            worker.put("report_artifact", arguments)
+        self._raise_if_fatal()
+        self._storing[name] = [w.marker() for w in self.workers if "report_artifact" in w.calls]
 
     @hookimpl
     def protected_checkpoints(self):
@@ -273,10 +282,15 @@ class ReportingBridge:
             self._end(status)
 
 
-def _label(pm: Any, plugin: Any) -> str:
-    """The name a warning uses for a reporter: ``tensorboard`` for ``reporter.tensorboard``."""
-    name = pm.get_name(plugin) or repr(plugin)
-    return name[len("reporter."):] if name.startswith("reporter.") else name
+def active_reporters(trainer: Any) -> dict[str, object]:
+    """The reporter objects of *trainer*'s runs, by name (empty when nothing reports)."""
+    bridge = trainer.plugin_manager.get_plugin(BRIDGE_NAME)
+    return dict(bridge.reporters) if bridge is not None else {}
+
+
+def _implements_hooks(pm: Any, obj: object) -> bool:
+    """Whether *obj* has methods marked ``@hookimpl`` for real hooks (``report_*`` never count)."""
+    return any(pm.parse_hookimpl_opts(obj, attr) is not None for attr in dir(obj))
 
 
 @hookimpl
@@ -289,13 +303,33 @@ def validate_args(trainer, args):
 def configure(trainer, args):
     if not trainer.is_world_process_zero:
         return
+    pm = trainer.plugin_manager
     registry = trainer.registries["reporters"]
-    names = selected_names(args.report_to, registry)
-    for name in names:
-        trainer.plugin_manager.register(registry.create(name, args), name=f"reporter.{name}")
-    has_reporters = any(getattr(trainer.plugin_manager.hook, h).get_hookimpls() for h in REPORTER_HOOKS)
-    if has_reporters:
-        trainer.plugin_manager.register(ReportingBridge(args), name="reporting.bridge")
+    reporters: dict[str, object] = {}
+    problems: list[str] = []
+    for name in selected_names(args.report_to, registry):
+        reporter = registry.create(name, args)
+        if not is_reporter(reporter):
+            problems.append(
+                f"reporter {name!r} ({registry.provider(name)}): its factory returned "
+                f"{type(reporter).__name__}, which has none of the report_* methods of hooktrain.Reporter"
+            )
+            continue
+        reporters[name] = reporter
+        if _implements_hooks(pm, reporter):  # it also listens to events: a plugin for those
+            pm.register(reporter, name=f"reporter.{name}")
+    chosen = {id(r) for r in reporters.values()}
+    for name, plugin in pm.list_name_plugin():  # objects passed as Trainer(plugins=[...])
+        if plugin is not None and id(plugin) not in chosen and is_reporter(plugin):
+            reporters[name] = plugin
+    calls: dict[str, dict[str, Call]] = {}
+    for name, reporter in reporters.items():
+        calls[name], found = reporter_calls(reporter, name)
+        problems += found
+    if problems:
+        raise PluginLoadError("\n".join(problems))
+    if reporters:
+        pm.register(ReportingBridge(args, reporters, calls), name=BRIDGE_NAME)
 
 
-__all__ = ["ReportingBridge", "ReporterError", "namespaced", "selected_names"]
+__all__ = ["ReportingBridge", "ReporterError", "active_reporters", "namespaced", "selected_names"]

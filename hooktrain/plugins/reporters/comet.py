@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 from hooktrain.core.markers import hookimpl
+from hooktrain.core.reporter import Reporter
 from hooktrain.plugins.reporters import installed, missing_library
 
 NAME = "comet"
@@ -55,7 +56,7 @@ def available() -> bool:
     return installed("comet_ml")
 
 
-class CometReporter:
+class CometReporter(Reporter):
     """Log one run to a Comet experiment, online or offline."""
 
     name = NAME
@@ -80,7 +81,6 @@ class CometReporter:
         )
         self.experiment: Any = None
 
-    @hookimpl
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
         experiment: Any
         if self.offline_directory is None:
@@ -94,17 +94,14 @@ class CometReporter:
         experiment.set_name(run_name)
         experiment.log_parameters(config)
 
-    @hookimpl
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self.experiment is not None:
             self.experiment.log_metrics(scalars, step=step)
 
-    @hookimpl
     def report_artifact(self, path: str, name: str, step: int) -> None:
         if self.experiment is not None:
             self.experiment.log_model(name, path)
 
-    @hookimpl
     def report_run_end(self, status: str) -> None:
         experiment, self.experiment = self.experiment, None
         if experiment is None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hooktrain.core.markers import hookimpl
+from hooktrain.core.reporter import Reporter
 from hooktrain.plugins.reporters import installed, missing_library
 
 NAME = "mlflow"
@@ -78,7 +79,7 @@ def _sqlite_path(uri: str) -> str | None:
     return None if path in ("", ":memory:") else path
 
 
-class MlflowReporter:
+class MlflowReporter(Reporter):
     """Log one run to an MLflow tracking store through a private ``MlflowClient``."""
 
     name = NAME
@@ -114,9 +115,8 @@ class MlflowReporter:
         self.run_id: str | None = None
         self._buffer: list[Any] = []
 
-    # ---- hooks ----------------------------------------------------------------------------
+    # ---- the reporter interface ----------------------------------------------------------
 
-    @hookimpl
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
         db = _sqlite_path(self.tracking_uri)
         if db is not None:
@@ -137,7 +137,6 @@ class MlflowReporter:
         for i in range(0, len(items), size):
             client.log_batch(self.run_id, params=items[i : i + size])
 
-    @hookimpl
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self.client is None:
             return
@@ -151,17 +150,14 @@ class MlflowReporter:
         if len(self._buffer) >= self._metrics_per_batch:
             self.flush()
 
-    @hookimpl
     def report_flush(self) -> None:
         if self.client is not None:
             self.flush()
 
-    @hookimpl
     def report_artifact(self, path: str, name: str, step: int) -> None:
         if self.client is not None:
             self.client.log_artifacts(self.run_id, path, artifact_path=name)
 
-    @hookimpl
     def report_run_end(self, status: str) -> None:
         if self.client is None:
             return
@@ -170,7 +166,7 @@ class MlflowReporter:
         finally:
             client, run_id = self.client, self.run_id
             self.client = None
-            client.set_terminated(run_id, _STATUS.get(status, "FAILED"))
+            client.set_terminated(run_id, _STATUS.get(status, "KILLED"))
 
     # ---- helpers --------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Where it writes: ``$TENSORBOARD_LOGGING_DIR`` when set, else ``args.logging_dir``
 (``<output_dir>/runs`` by default). Everything of one run goes into that one directory:
 
-* ``add_scalar`` for every reported scalar, at the global step;
+* every reported scalar at the global step, as ``add_scalar`` writes it, the values of one
+  ``report_scalars`` call in one event;
 * the text ``args`` (the JSON config), ``run_name`` and, at the end, ``status``;
 * the hparams plugin's session records (flat scalar settings at the start, the end status
   at the end), so the HPARAMS tab compares runs; TensorBoard finds the metrics itself.
@@ -20,6 +21,7 @@ import time
 from typing import Any
 
 from hooktrain.core.markers import hookimpl
+from hooktrain.core.reporter import Reporter
 from hooktrain.plugins.reporters import installed, missing_library
 
 NAME = "tensorboard"
@@ -36,7 +38,7 @@ def available() -> bool:
     return installed("tensorboard")
 
 
-class TensorBoardReporter:
+class TensorBoardReporter(Reporter):
     """Write one run's scalars, config and status to a TensorBoard log directory."""
 
     name = NAME
@@ -55,11 +57,14 @@ class TensorBoardReporter:
         self.log_dir = os.fspath(log_dir)
         self.writer: Any = None
         self._hparams: dict[str, Any] = {}
+        self._summary: Any = None
+        self._summary_value: Any = None
 
-    @hookimpl
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard.summary import hparams
 
+        self._summary, self._summary_value = Summary, Summary.Value
         self.writer = writer = self._writer_class(log_dir=self.log_dir)
         writer.add_text("run_name", str(run_name), 0)
         writer.add_text("args", json.dumps(config, indent=2, sort_keys=True, default=str), 0)
@@ -67,15 +72,16 @@ class TensorBoardReporter:
         _, session_start, _ = hparams(self._hparams, {})
         writer.file_writer.add_summary(session_start)
 
-    @hookimpl
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
         writer = self.writer
         if writer is None:
             return
-        for key, value in scalars.items():
-            writer.add_scalar(key, value, global_step=step)
+        # One event holding every value of the call: what add_scalar writes per value (a
+        # simple_value), built and written once instead of len(scalars) times.
+        value = self._summary_value
+        summary = self._summary(value=[value(tag=k, simple_value=v) for k, v in scalars.items()])
+        writer.file_writer.add_summary(summary, global_step=step)
 
-    @hookimpl
     def report_run_end(self, status: str) -> None:
         writer, self.writer = self.writer, None
         if writer is None:

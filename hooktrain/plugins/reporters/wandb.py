@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from hooktrain.core.markers import hookimpl
+from hooktrain.core.reporter import Reporter
 from hooktrain.plugins.reporters import installed, missing_library
 
 NAME = "wandb"
@@ -33,7 +34,7 @@ def available() -> bool:
     return installed("wandb")
 
 
-class WandbReporter:
+class WandbReporter(Reporter):
     """Log one run to Weights & Biases (online, offline or disabled, as wandb is configured)."""
 
     name = NAME
@@ -50,7 +51,6 @@ class WandbReporter:
         self.project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         self.run: Any = None
 
-    @hookimpl
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
         # wandb silently falls back to /tmp when it cannot write ``dir``: fail loudly instead.
         os.makedirs(self.dir, exist_ok=True)
@@ -64,13 +64,11 @@ class WandbReporter:
             reinit="create_new",
         )
 
-    @hookimpl
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self.run is None:
             return
         self.run.log(scalars, step=step)  # the bridge's steps never go backwards within a run
 
-    @hookimpl
     def report_artifact(self, path: str, name: str, step: int) -> None:
         if self.run is None:
             return
@@ -80,7 +78,6 @@ class WandbReporter:
         if not getattr(self.run, "offline", False):
             logged.wait()  # online: uploaded before rotation may delete the checkpoint
 
-    @hookimpl
     def report_run_end(self, status: str) -> None:
         run, self.run = self.run, None
         if run is None:
