@@ -113,6 +113,8 @@ DEFAULTS = {
     "early_stopping_check_finite": (True, "early_stopping"),
     "early_stopping_stopping_threshold": (None, "early_stopping"),
     "early_stopping_divergence_threshold": (None, "early_stopping"),
+    "fsdp": ([], "fsdp"),
+    "fsdp_config": (None, "fsdp"),
     "ddp_backend": (None, "distributed"),
     "ddp_timeout": (1800, "distributed"),
     "ddp_find_unused_parameters": (False, "distributed"),

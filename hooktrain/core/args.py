@@ -333,6 +333,7 @@ if typing.TYPE_CHECKING:  # what type checkers see; at run time the class is com
     from hooktrain.plugins.compile_args import CompileArguments
     from hooktrain.plugins.distributed_args import DistributedArguments
     from hooktrain.plugins.early_stopping_args import EarlyStoppingArguments
+    from hooktrain.plugins.fsdp_args import FsdpArguments
     from hooktrain.plugins.gradient_checkpointing_args import GradientCheckpointingArguments
     from hooktrain.plugins.optimizers_args import OptimizersArguments
     from hooktrain.plugins.precision_args import PrecisionArguments
@@ -343,7 +344,7 @@ if typing.TYPE_CHECKING:  # what type checkers see; at run time the class is com
 
     @dataclass
     class TrainingArguments(  # noqa: D101 -- a test checks these bases against GROUPS
-        DistributedArguments, EarlyStoppingArguments, BestModelArguments, CheckpointArguments,
+        DistributedArguments, FsdpArguments, EarlyStoppingArguments, BestModelArguments, CheckpointArguments,
         ReportingArguments, ProgressArguments, CompileArguments, GradientCheckpointingArguments,
         PrecisionArguments, SchedulersArguments, OptimizersArguments, TrainingStepArguments,
         CoreArguments, _ArgumentsBehaviour,

@@ -43,5 +43,6 @@ BUILTINS: tuple[Builtin, ...] = (
     Builtin("reporters.mlflow", _P + "reporters.mlflow"),
     Builtin("reporters.comet", _P + "reporters.comet"),
     Builtin("hf_callbacks", _P + "hf_callbacks"),
+    Builtin("fsdp", _P + "fsdp", _P + "fsdp_args"),
     Builtin("distributed", _P + "distributed", _P + "distributed_args"),
 )

@@ -639,6 +639,8 @@ class CheckpointStore:
     @hookimpl(trylast=True)
     def save_model(self, trainer, output_dir):
         """The final weights and ``training_args.json`` in *output_dir*, each file replaced atomically."""
+        if not trainer.is_world_process_zero:  # every process calls save_model; the main one writes
+            return None
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         staging = out / f"{TMP_PREFIX}model-{os.getpid()}"

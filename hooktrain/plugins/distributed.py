@@ -151,6 +151,8 @@ class DistributedRun:
         trainer._barrier = self.barrier
 
         trainer.model.to(device)
+        if getattr(args, "fsdp", None):  # sharded instead, by the fsdp plugin (plugins/fsdp.py)
+            return
         ddp_kwargs: dict[str, Any] = {"find_unused_parameters": bool(args.ddp_find_unused_parameters)}
         for field, key in (("ddp_bucket_cap_mb", "bucket_cap_mb"),
                            ("ddp_broadcast_buffers", "broadcast_buffers"),
