@@ -58,7 +58,9 @@ DEFAULTS = {
     "dataloader_pin_memory": (True, "core"),
     "dataloader_persistent_workers": (False, "core"),
     "dataloader_prefetch_factor": (None, "core"),
-    "include_num_input_tokens_seen": (False, "training"),
+    "include_num_input_tokens_seen": ("no", "throughput"),
+    "flops_per_sample": (None, "throughput"),
+    "peak_flops": (None, "throughput"),
     "use_cpu": (False, "core"),
     "torch_empty_cache_steps": (None, "training"),
     "ignore_data_skip": (False, "core"),
@@ -100,6 +102,7 @@ DEFAULTS = {
     "save_steps": (500, "checkpoint"),
     "save_total_limit": (None, "checkpoint"),
     "save_safetensors": (True, "checkpoint"),
+    "save_async": (True, "checkpoint"),
     "save_only_model": (False, "checkpoint"),
     "save_on_each_node": (False, "checkpoint"),
     "overwrite_output_dir": (False, "checkpoint"),
@@ -698,11 +701,11 @@ def test_cli_defaults_layer_below_file_and_flags(tmp_path):
 def test_cli_config_file_errors(tmp_path):
     with pytest.raises(ArgumentError, match="more than one config file"):
         parse_args(["a.yaml", "--config", "b.yaml"])
-    with pytest.raises(ArgumentError, match="cannot read config file"):
+    with pytest.raises(ArgumentError, match="missing.yaml' does not exist"):
         parse_args([str(tmp_path / "missing.yaml")])
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
-    with pytest.raises(ArgumentError, match="cannot read config file"):
+    with pytest.raises(ArgumentError, match="cannot read config file .*: line 1, column 2: "):
         parse_args([str(bad)])
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")

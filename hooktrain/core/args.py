@@ -313,17 +313,32 @@ def _check_names(cls: type, names: typing.Iterable[str]) -> None:
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The mapping in a ``.json`` file, or in a YAML file (any other extension)."""
+    """The mapping in a ``.json`` file, or in a YAML file (any other extension).
+
+    A syntax error names the file, the line and the column.
+    """
     import yaml
 
+    name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
-        values = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ArgumentError(f"cannot read config file {str(path)!r}: {exc}") from exc
+    except FileNotFoundError:
+        raise ArgumentError(f"config file {name!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArgumentError(f"cannot read config file {name!r}: {exc}") from exc
+    try:
+        values = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ArgumentError(f"cannot read config file {name!r}: line {exc.lineno}, column "
+                            f"{exc.colno}: {exc.msg}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+        raise ArgumentError(f"cannot read config file {name!r}: {where}{what or exc}") from exc
     values = {} if values is None else values
     if not isinstance(values, dict):
-        raise ArgumentError(f"config file {str(path)!r} must hold a mapping of argument names")
+        raise ArgumentError(f"config file {name!r} must hold a mapping of argument names")
     return values
 
 
@@ -340,12 +355,13 @@ if typing.TYPE_CHECKING:  # what type checkers see; at run time the class is com
     from hooktrain.plugins.progress_args import ProgressArguments
     from hooktrain.plugins.reporting_args import ReportingArguments
     from hooktrain.plugins.schedulers_args import SchedulersArguments
+    from hooktrain.plugins.throughput_args import ThroughputArguments
     from hooktrain.plugins.training_args import TrainingStepArguments
 
     @dataclass
     class TrainingArguments(  # noqa: D101 -- a test checks these bases against GROUPS
-        DistributedArguments, FsdpArguments, EarlyStoppingArguments, BestModelArguments, CheckpointArguments,
-        ReportingArguments, ProgressArguments, CompileArguments, GradientCheckpointingArguments,
+        DistributedArguments, FsdpArguments, ThroughputArguments, EarlyStoppingArguments, BestModelArguments,
+        CheckpointArguments, ReportingArguments, ProgressArguments, CompileArguments, GradientCheckpointingArguments,
         PrecisionArguments, SchedulersArguments, OptimizersArguments, TrainingStepArguments,
         CoreArguments, _ArgumentsBehaviour,
     ):

@@ -109,8 +109,12 @@ def parse_args(
     namespace, extras = parser.parse_known_args(argv)
     given = vars(namespace)
     flags = [f"--{s.name}" for s in argument_specs(TrainingArguments)]
-    problems = [f"unknown flag {x!r}{did_you_mean(x.split('=')[0], flags)}" if x.startswith("-")
-                else f"unexpected value {x!r}" for x in extras]
+    problems = []
+    for i, x in enumerate(extras):
+        if x.startswith("-"):
+            problems.append(f"unknown flag {x.split('=')[0]!r}{did_you_mean(x.split('=')[0], flags)}")
+        elif i == 0 or not extras[i - 1].startswith("-") or "=" in extras[i - 1]:
+            problems.append(f"unexpected value {x!r}")  # (a value right after an unknown flag is its)
     files = [f for f in (config_file, given.pop("config_file", None), given.pop("config", None))
              if f is not None]
     if len(files) > 1:

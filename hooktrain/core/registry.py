@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
-from hooktrain.core.errors import NameConflictError, UnknownNameError
+from hooktrain.core.errors import NameConflictError, UnknownNameError, closest_match
 
 Factory = Callable[..., Any]
 
@@ -49,8 +48,8 @@ class Registry:
         return name in self._entries
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self._entries, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest_match(name, self._entries)
+        hint = f" Did you mean {close!r}?" if close else ""
         return (
             f"{self.field}: unknown {self.kind} {name!r}.{hint} "
             f"Installed: {', '.join(self.names()) or '(none)'}."
