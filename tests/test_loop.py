@@ -7,11 +7,14 @@ import math
 import pytest
 import torch
 
-from hooktrain import ArgumentError, Trainer, TrainingArguments, hookimpl
+from hooktrain import ArgumentError, Trainer, TrainingArguments, hookimpl, hookspec
+from hooktrain.core import hookspecs
 from hooktrain.core.data import iterate_batches
 from hooktrain.core.errors import PluginLoadError
 from hooktrain.core.grads import grad_clearer
+from hooktrain.core.loop import STEP_HOOKS
 from hooktrain.core.losses import LossWindow
+from hooktrain.core.manager import HookCallOrderError, PluginManager, UnmarkedHookWarning
 from hooktrain.plugins.schedulers import lr_lambda
 
 
@@ -197,7 +200,8 @@ def test_full_determinism_turns_on_deterministic_kernels(tmp_path):
 def test_event_order_with_eval_and_save_every_step(tmp_path):
     rec = Recorder()
     make(tmp_path, n=4, plugins=[rec], per_device_train_batch_size=2, num_train_epochs=1, logging_steps=1,
-         eval_strategy="steps", eval_steps=1, eval_ds=Items(2), save_strategy="steps", save_steps=1).train()
+         eval_strategy="steps", eval_steps=1, eval_ds=Items(2), save_strategy="steps", save_steps=1,
+         save_async=False).train()  # with save_async, on_save follows at a later step boundary
     per_step = ["on_step_begin", "on_step_end", "on_log", "on_log", "on_evaluate", "on_save"]
     assert rec.names() == [
         "on_train_begin", "on_epoch_begin", *per_step, *per_step, "on_epoch_end", "on_log", "on_train_end",
@@ -577,6 +581,92 @@ def test_disable_plugins_blocks_a_builtin(tmp_path):
     assert trainer.plugin_manager.get_plugin("progress") is None
 
 
+def test_an_essential_plugin_cannot_be_disabled(tmp_path):
+    with pytest.raises(ArgumentError, match=r"disable_plugins=\['progress', 'training'\].*'training' is essential "
+                       r"\(the default training step"):
+        make(tmp_path, disable_plugins=["progress", "training"])
+
+
+def test_a_method_named_like_a_hook_without_the_marker_warns(tmp_path):
+    class Forgetful:
+        name = "forgetful"
+
+        def on_step_end(self, state):  # no @hookimpl: pluggy would silently never call it
+            pass
+
+        @hookimpl
+        def on_log(self, logs):
+            pass
+
+        def _on_evaluate(self):  # private: not a hook name, no warning
+            pass
+
+    with pytest.warns(UnmarkedHookWarning) as caught:
+        make(tmp_path, plugins=[Forgetful()])
+    messages = [str(w.message) for w in caught if issubclass(w.category, UnmarkedHookWarning)]
+    assert len(messages) == 1
+    assert "plugin 'forgetful'" in messages[0] and "'on_step_end'" in messages[0]
+
+
+def _specs_with(**replaced):
+    """hooktrain's hook specifications with some replaced (a module, as pluggy reads them)."""
+    import types
+
+    module = types.ModuleType("changed_hookspecs")
+    for name in hookspecs.__all__:
+        setattr(module, name, replaced.get(name, getattr(hookspecs, name)))
+    return module
+
+
+def test_a_spec_whose_argument_order_differs_from_the_call_site_fails_when_the_run_starts(tmp_path):
+    @hookspec(firstresult=True)
+    def should_save(trainer, args, state, trigger, metrics):  # two parameters swapped
+        """Reordered."""
+
+    recorder = Recorder()
+    trainer = make(tmp_path, plugins=[recorder], max_steps=2)
+    changed = PluginManager(specs=[_specs_with(should_save=should_save)])
+    changed.load_builtins()
+    changed.register(recorder, name="recorder")
+    trainer.plugin_manager = changed  # the same plugins, against the changed specifications
+    with pytest.raises(HookCallOrderError, match=r"should_save: called with \(trainer, args, state, metrics, "
+                       r"trigger\), specified as \(trainer, args, state, trigger, metrics\)"):
+        trainer.train()
+    assert recorder.calls == []  # caught before the run began: no event fired
+    assert set(STEP_HOOKS) <= set(hookspecs.__all__)
+
+
+def test_a_plugin_registered_during_the_run_takes_part_from_then_on(tmp_path):
+    seen = []
+
+    class Late:
+        @hookimpl
+        def on_step_begin(self, state):
+            seen.append(("begin", state.global_step + 1))
+
+        @hookimpl
+        def on_step_end(self, trainer, state):
+            seen.append(("end", state.global_step))
+            if state.global_step == 4:
+                trainer.plugin_manager.unregister(self)
+
+    class Registrar:
+        @hookimpl
+        def on_train_begin(self, trainer):
+            trainer.plugin_manager.register(Late(), name="late.1")
+
+        @hookimpl
+        def on_step_end(self, trainer, state):
+            if state.global_step == 5:
+                trainer.plugin_manager.register(Late(), name="late.2")
+
+    make(tmp_path, plugins=[Registrar()], max_steps=7).train()
+    steps = [("begin", s) for s in (1, 2, 3, 4)] + [("end", s) for s in (1, 2, 3, 4)]
+    steps += [("begin", s) for s in (6, 7)] + [("end", s) for s in (6, 7)]
+    assert sorted(seen) == sorted(steps)
+    assert seen[:2] == [("begin", 1), ("end", 1)]
+
+
 def test_label_smoothing_raises_the_loss_of_a_confident_model(tmp_path):
     def first_loss(eps):
         torch.manual_seed(0)
@@ -693,14 +783,6 @@ def test_resume_mid_epoch_does_not_read_the_skipped_samples(tmp_path):
     Counted.reads = 0
     trainer(overwrite_output_dir=True).train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
     assert Counted.reads == 2 * 2  # steps 4 and 5 only: the sampler starts after the 6 seen samples
-
-
-def test_input_tokens_are_counted(tmp_path):
-    trainer = make(tmp_path, n=8, include_num_input_tokens_seen=True, per_device_train_batch_size=2,
-                   num_train_epochs=1, logging_steps=2)
-    trainer.train()
-    seen = [e["num_input_tokens_seen"] for e in trainer.state.log_history if "loss" in e]
-    assert seen == [2 * 2 * 8, 4 * 2 * 8]  # steps × batch × elements of x (the first tensor)
 
 
 def test_iterable_dataset_runs_max_steps_across_passes(tmp_path):

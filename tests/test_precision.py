@@ -1,5 +1,6 @@
 """Precision and memory: bf16/fp16 autocast, the fp16 grad scaler, half-precision evaluation,
-TF32 flags, gradient checkpointing and torch.compile — all measured on real CPU runs."""
+TF32 flags (plugin ``precision``), gradient checkpointing (``gradient_checkpointing``) and
+torch.compile (``compile``) — all measured on real CPU runs."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from helpers import RegressionDataset, TinyRegressor
 from safetensors.torch import load_file
 
 from hooktrain import ArgumentError, Trainer, TrainingArguments, hookimpl
-from hooktrain.plugins.precision import (
-    Tf32Flags,
+from hooktrain.plugins.gradient_checkpointing import (
     disable_gradient_checkpointing,
     enable_gradient_checkpointing,
     find_checkpoint_targets,
-    half_precision,
 )
+from hooktrain.plugins.precision import Tf32Flags, half_precision
 
 
 def make_args(tmp_path, **kw):

@@ -1,4 +1,5 @@
-"""Data loading: a seedable, resumable batch sampler and the default collator."""
+"""Data loading: the Trainer's data loaders, a seedable, resumable batch sampler, the default
+collator, and padded concatenation of gathered arrays."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -129,3 +131,46 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def make_loader(
+    dataset: Any, args: Any, batch_size: int, train: bool, collate_fn: Any, pin_memory: bool,
+    *, rank: int = 0, world_size: int = 1,
+) -> torch.utils.data.DataLoader:
+    """The Trainer's loader of *dataset*: shuffled by a seeded :class:`ResumableBatchSampler` for
+    training (padded to a multiple of the processes), in order for evaluation. Data without a
+    length (an iterable dataset) is batched as it comes. Never draws from the global RNG."""
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    kwargs: dict[str, Any] = dict(
+        collate_fn=collate_fn, num_workers=args.dataloader_num_workers, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if args.dataloader_num_workers > 0:
+        kwargs["persistent_workers"] = args.dataloader_persistent_workers
+        kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
+    drop_last = train and args.dataloader_drop_last
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
+    sampler = ResumableBatchSampler(
+        len(dataset), batch_size, shuffle=train, seed=seed, drop_last=drop_last,
+        rank=rank, world_size=world_size, pad=train,
+    )
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
+
+
+PAD_INDEX = -100  # what pads predictions and labels of different lengths (HF's padding_index)
+
+
+def concat_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate along the first axis; arrays whose other dimensions differ (batches padded
+    to their own longest sequence) are first padded with ``PAD_INDEX`` to the largest, as HF does."""
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) > 1:
+        size = tuple(max(dims) for dims in zip(*shapes, strict=True))
+        padded = []
+        for a in arrays:
+            out = np.full((a.shape[0], *size), PAD_INDEX, dtype=a.dtype)
+            out[(slice(None), *(slice(0, n) for n in a.shape[1:]))] = a
+            padded.append(out)
+        arrays = padded
+    return np.concatenate(arrays)

@@ -1,7 +1,9 @@
-"""Clearing gradients between optimizer steps."""
+"""Gradients: clearing them between optimizer steps, clipping and measuring their norm."""
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Callable
 from itertools import chain
 from typing import Any
@@ -33,3 +35,27 @@ def grad_clearer(optimizer: Any, model: torch.nn.Module) -> Callable[[], None]:
             p.grad = None
 
     return clear
+
+
+#: model -> its parameters, listed once per train(): walking the modules every step costs about
+#: 1.3 µs per module (80 µs for 60 modules, a fifth of clipping them).
+_PARAMETERS: weakref.WeakKeyDictionary[torch.nn.Module, list[torch.nn.Parameter]] = weakref.WeakKeyDictionary()
+
+
+def clip_or_measure(model: torch.nn.Module, max_norm: float, need_grad_norm: bool) -> Any:
+    """Clip gradients to *max_norm* (when > 0) and return the pre-clip norm, or measure it only.
+
+    ``None`` when neither is asked. The model's parameters are listed on the first call and kept
+    until :func:`forget_parameters` (the training plugin calls it when a run starts).
+    """
+    if not (max_norm and max_norm > 0) and not need_grad_norm:
+        return None
+    params = _PARAMETERS.get(model)
+    if params is None:
+        params = _PARAMETERS[model] = list(model.parameters())
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm and max_norm > 0 else math.inf)
+
+
+def forget_parameters(model: torch.nn.Module) -> None:
+    """Make :func:`clip_or_measure` list *model*'s parameters again (they may have changed)."""
+    _PARAMETERS.pop(model, None)

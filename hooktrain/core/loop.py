@@ -3,29 +3,46 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from itertools import islice
+from itertools import count, islice
 from typing import Any, NamedTuple
 
 import torch
 
 from hooktrain.core.args import TrainingArguments
 from hooktrain.core.console import console_logging
-from hooktrain.core.data import ResumableBatchSampler, default_collate, iterate_batches, to_device
+from hooktrain.core.data import (
+    ResumableBatchSampler,
+    default_collate,
+    iterate_batches,
+    make_loader,
+    to_device,
+)
 from hooktrain.core.errors import ArgumentError
 from hooktrain.core.grads import grad_clearer
 from hooktrain.core.losses import LossWindow
 from hooktrain.core.manager import PluginManager, build_manager
+from hooktrain.core.plan import StepPlan
 from hooktrain.core.seeding import set_seed
 from hooktrain.core.state import TrainerState, resolve_steps
 from hooktrain.core.types import EvalPrediction, StepOutcome
 
 logger = logging.getLogger("hooktrain")
+
+#: The hooks called on every optimizer step, each with the order in which the loop passes its
+#: arguments (positionally, for speed). ``train()`` checks every order against the hook's spec.
+STEP_HOOKS: dict[str, tuple[str, ...]] = {
+    "on_step_begin": ("trainer", "args", "state"),
+    "training_step": ("trainer", "model", "batch"),
+    "backward": ("trainer", "loss"),
+    "optimizer_step": ("trainer", "model", "optimizer", "need_grad_norm"),
+    "on_step_end": ("trainer", "args", "state"),
+    "should_save": ("trainer", "args", "state", "metrics", "trigger"),
+    "should_stop": ("trainer", "args", "state", "metrics"),
+}
 
 
 class TrainOutput(NamedTuple):
@@ -35,7 +52,21 @@ class TrainOutput(NamedTuple):
 
 
 class Trainer:
-    """Train ``model`` on ``train_dataset`` as configured by ``args``; see DESIGN.md."""
+    """Train ``model`` on ``train_dataset`` as configured by ``args``; see docs/index.md."""
+
+    # ---- what plugins set, in ``configure`` (the defaults are one process, no wrapper) --------
+    #: The module forward passes use: ``model``, or ``model`` wrapped (DDP, ``torch.compile``).
+    model_wrapped: torch.nn.Module
+    #: Where the model and the batches go (the distributed plugin pins each process's GPU).
+    device: torch.device
+    #: This process's rank, the number of processes and the rank on this machine (distributed).
+    process_index: int = 0
+    world_size: int = 1
+    local_process_index: int = 0
+    #: Waits until every process gets there (distributed); :meth:`barrier` calls it.
+    _barrier: Callable[[], None]
+    #: The fp16 loss scaler (precision); the checkpoint plugin saves and restores its state.
+    grad_scaler: torch.amp.GradScaler | None = None
 
     def __init__(
         self,
@@ -64,9 +95,8 @@ class Trainer:
         self.device = torch.device(
             "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
         )
-        self.process_index, self.world_size = 0, 1  # set by the distributed plugin
-        self.local_process_index = 0  # this process's rank on its machine
-        self._barrier: Callable[[], None] = lambda: None  # set by the distributed plugin
+        self._barrier = lambda: None  # one process: nothing to wait for
+        self._hooks_built = -1  # the plugin manager's ``changes`` when the step hooks were bound
         set_seed(args.seed, args.full_determinism)
 
         self.plugin_manager: PluginManager = build_manager(
@@ -111,27 +141,9 @@ class Trainer:
     # ---- data -------------------------------------------------------------------------
 
     def _loader(self, dataset: Any, batch_size: int, train: bool) -> torch.utils.data.DataLoader:
-        args = self.args
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        kwargs: dict[str, Any] = dict(
-            collate_fn=self.data_collator,
-            num_workers=args.dataloader_num_workers,
-            pin_memory=args.dataloader_pin_memory and self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed),  # never draw from the global RNG
-        )
-        if args.dataloader_num_workers > 0:
-            kwargs["persistent_workers"] = args.dataloader_persistent_workers
-            kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
-        if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
-            return torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, drop_last=train and args.dataloader_drop_last, **kwargs
-            )
-        sampler = ResumableBatchSampler(
-            len(dataset), batch_size, shuffle=train, seed=seed,
-            drop_last=train and args.dataloader_drop_last,
-            rank=self.process_index, world_size=self.world_size, pad=train,
-        )
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
+        pin = self.args.dataloader_pin_memory and self.device.type == "cuda"
+        return make_loader(dataset, self.args, batch_size, train, self.data_collator, pin,
+                           rank=self.process_index, world_size=self.world_size)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         if self.train_dataset is None:
@@ -167,32 +179,17 @@ class Trainer:
 
     # ---- training ------------------------------------------------------------------------
 
-    def _arithmetic(self, loader: Any) -> tuple[int, int, int, int]:
-        """HF's step accounting: (micro-batches per epoch, optimizer steps per epoch, epochs, max steps).
-
-        Without ``__len__`` (an iterable dataset) an "epoch" is one pass over the data.
-        """
-        args, ga = self.args, self.args.gradient_accumulation_steps
-        try:
-            len_dl = len(loader)
-        except TypeError:
-            return sys.maxsize, args.max_steps, sys.maxsize, args.max_steps
-        steps_per_epoch = max(math.ceil(len_dl / ga), 1)
-        if args.max_steps > 0:
-            max_steps = args.max_steps
-            epochs = math.ceil(max_steps / steps_per_epoch)
-        else:
-            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-            epochs = math.ceil(args.num_train_epochs)
-        return len_dl, steps_per_epoch, epochs, max_steps
-
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
         args, state, pm = self.args, self.state, self.plugin_manager
         hook = pm.hook
         loader = self.get_train_dataloader()
-        len_dl, steps_per_epoch, epochs, max_steps = self._arithmetic(loader)
+        plan = StepPlan.of(loader, args.max_steps, args.num_train_epochs, args.gradient_accumulation_steps)
+        max_steps = plan.max_steps
         if self.optimizer is None:
             self.optimizer = hook.create_optimizer(trainer=self, model=self.model, args=args)
+            if self.optimizer is None:
+                raise RuntimeError("no plugin created an optimizer (is 'optimizers' disabled?); "
+                                   "pass Trainer(optimizers=(optimizer, None))")
         if self.lr_scheduler is None:
             self.lr_scheduler = hook.create_scheduler(
                 trainer=self, optimizer=self.optimizer, args=args, num_training_steps=max_steps
@@ -200,20 +197,16 @@ class Trainer:
         if resume_from_checkpoint is not False:  # None: the checkpoint plugin may resume from args
             hook.resume_checkpoint(trainer=self, checkpoint=resume_from_checkpoint)
         state.max_steps = max_steps
-        state.num_train_epochs = epochs if epochs != sys.maxsize else 0
-        state.num_update_steps_per_epoch = steps_per_epoch
+        state.num_train_epochs = plan.epochs or 0
+        state.num_update_steps_per_epoch = plan.steps_per_epoch
         state.train_batch_size = args.per_device_train_batch_size
         state.logging_steps = resolve_steps(args.logging_steps, max_steps)
         state.eval_steps = resolve_steps(args.eval_steps, max_steps)
         state.stop_reason = None
         self._losses = LossWindow(args.logging_nan_inf_filter, read_each_step=self.device.type == "cpu")
         self._last_saved = state.global_step
-        # positional callers (arguments in each hookspec's order) for the per-step hooks
-        self._call = {n: pm.fast_caller(n) for n in (
-            "on_step_begin", "on_step_end", "training_step", "backward", "optimizer_step",
-            "should_save", "should_stop")}
-        # the per-step decisions nobody answers are not asked
-        self._asks_save, self._asks_stop = pm.implemented("should_save"), pm.implemented("should_stop")
+        self._hooks_built = -1
+        self._step_hooks()  # built now, so that a call order that does not match a spec fails here
         self._no_sync = getattr(self.model_wrapped, "no_sync", None)
         self._log_every = state.logging_steps if args.logging_strategy == "steps" else 0
         self._eval_every = state.eval_steps if args.eval_strategy == "steps" else 0
@@ -224,116 +217,129 @@ class Trainer:
                 hook.on_train_begin(trainer=self, args=args, state=state)
                 if args.eval_on_start and state.global_step == 0:
                     self.evaluate()
-                self._epochs(loader, len_dl, steps_per_epoch, epochs, max_steps)
+                self._epochs(loader, plan)
                 self._maybe_save(None, "train_end")
                 status = "stopped" if state.stop_reason else "completed"
             except KeyboardInterrupt as error:
-                pm.call_each("on_exception", trainer=self, args=args, state=state, error=error)
+                pm.call_each("on_exception", isolate=True, trainer=self, args=args, state=state, error=error)
                 state.stop_reason = "interrupted (KeyboardInterrupt)"
                 logger.warning("training interrupted at step %d; ending the run", state.global_step)
                 status = "stopped"
             metrics = self._summary(start, state.global_step - start_step)  # a log event: may fail too
         except BaseException as error:
-            pm.call_each("on_exception", trainer=self, args=args, state=state, error=error)
-            pm.call_each("on_train_end", trainer=self, args=args, state=state, status="failed")
+            pm.call_each("on_exception", isolate=True, trainer=self, args=args, state=state, error=error)
+            pm.call_each("on_train_end", isolate=True, trainer=self, args=args, state=state, status="failed")
             raise
-        errors = pm.call_each("on_train_end", trainer=self, args=args, state=state, status=status)
+        errors = pm.call_each("on_train_end", isolate=True, trainer=self, args=args, state=state, status=status)
         if errors:  # every plugin has finished its end of run; now the first failure surfaces
             raise errors[0]
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
-    def _epochs(self, loader: Any, len_dl: int, steps_per_epoch: int, epochs: int, max_steps: int) -> None:
+    def _step_hooks(self) -> dict[str, Callable[..., Any]]:
+        """The callers of :data:`STEP_HOOKS`, rebuilt when plugins were (un)registered since."""
+        pm = self.plugin_manager
+        if self._hooks_built != pm.changes:
+            self._call = pm.step_callers(STEP_HOOKS)
+            # the per-step decisions nobody answers are not asked
+            self._asks_save, self._asks_stop = pm.implemented("should_save"), pm.implemented("should_stop")
+            self._hooks_built = pm.changes
+        return self._call
+
+    def _epochs(self, loader: Any, plan: StepPlan) -> None:
         args, state, hook = self.args, self.state, self.plugin_manager.hook
-        ga = args.gradient_accumulation_steps
-        first_epoch = state.global_step // steps_per_epoch if len_dl != sys.maxsize else 0
-        skip_steps = state.global_step % steps_per_epoch if len_dl != sys.maxsize else 0
+        first_epoch, skip_steps = plan.position(state.global_step)
         sampler = getattr(loader, "batch_sampler", None)
-        if state.global_step >= max_steps:  # resumed from the final checkpoint
+        if state.global_step >= plan.max_steps:  # resumed from the final checkpoint
             return
-        for epoch in range(first_epoch, epochs):
+        epochs = range(first_epoch, plan.epochs) if plan.epochs is not None else count(first_epoch)
+        for epoch in epochs:
             if isinstance(sampler, ResumableBatchSampler):
                 sampler.set_epoch(epoch)
                 if epoch == first_epoch and not args.ignore_data_skip:
-                    sampler.skip_batches(skip_steps * ga)
+                    sampler.skip_batches(skip_steps * plan.accumulation)
             if epoch != first_epoch or args.ignore_data_skip:
                 skip_steps = 0
             hook.on_epoch_begin(trainer=self, args=args, state=state)
             batches = iterate_batches(loader)
             if skip_steps and not isinstance(sampler, ResumableBatchSampler):
-                for _ in islice(batches, skip_steps * ga):  # a loader of its own: read past them
+                for _ in islice(batches, skip_steps * plan.accumulation):  # a loader of its own: read past them
                     pass
-            stepped = self._epoch_steps(batches, epoch, skip_steps, steps_per_epoch, len_dl, max_steps)
-            if not stepped and len_dl == sys.maxsize:
+            stepped = self._epoch_steps(batches, epoch, skip_steps, plan)
+            if not stepped and plan.batches_per_epoch is None:
                 raise ValueError(f"the train_dataset yielded no batch in epoch {epoch}")
             hook.on_epoch_end(trainer=self, args=args, state=state)
             self._after_epoch()
-            if state.stop_reason or state.global_step >= max_steps:
+            if state.stop_reason or state.global_step >= plan.max_steps:
                 break
 
-    def _epoch_steps(
-        self, batches: Iterator[Any], epoch: int, first_update: int, steps_per_epoch: int, len_dl: int,
-        max_steps: int,
-    ) -> bool:
+    def _epoch_steps(self, batches: Iterator[Any], epoch: int, first_update: int, plan: StepPlan) -> bool:
         """The optimizer steps of one epoch from update *first_update* on, each followed by its log,
         evaluation, save and stop decisions. False when not one step was made (no data).
 
-        This is the per-step hot path: what stays the same during an epoch is looked up once.
+        This is the per-step hot path: what stays the same during an epoch is looked up once, and
+        again after a plugin is (un)registered (checked before each step).
         """
         args, state, model, optimizer = self.args, self.state, self.model_wrapped, self.optimizer
-        call = self._call
-        on_step_begin, training_step, backward = call["on_step_begin"], call["training_step"], call["backward"]
-        optimizer_step, on_step_end = call["optimizer_step"], call["on_step_end"]
+        pm = self.plugin_manager
         scheduler_step = self.lr_scheduler.step if self.lr_scheduler is not None else None
         zero_grad, add_loss = grad_clearer(optimizer, self.model), self._losses.add
-        log_every, eval_every, asks_save, asks_stop = self._log_every, self._eval_every, self._asks_save, self._asks_stop
-        ga, on_cpu = args.gradient_accumulation_steps, self.device.type == "cpu"
-        counted = len_dl != sys.maxsize  # False for an iterable dataset: an epoch is one pass
-        partial = len_dl % ga if counted else 0  # the size of the epoch's last window, when partial
-        epoch_len = len_dl if counted else steps_per_epoch * ga  # no length: max_steps windows, as HF
-        stepped = False
-        for update in range(first_update, steps_per_epoch):
-            window = partial if partial and update == steps_per_epoch - 1 else ga
-            if window == 1:
-                batch = next(batches, None)
-                if batch is None:
-                    break  # the data ran out (iterable dataset)
-                on_step_begin(self, args, state)
-                step_loss = training_step(self, model, batch if on_cpu else to_device(batch, self.device))
-                backward(self, step_loss)
-                n = 1
+        log_every, eval_every = self._log_every, self._eval_every
+        ga, on_cpu = plan.accumulation, self.device.type == "cpu"
+        steps, last_window, epoch_len, max_steps = plan.steps_per_epoch, plan.last_window, plan.epoch_length, plan.max_steps
+        stepped, start = False, first_update
+        while start < steps:  # once, and again from the current step after (un)registrations
+            call, built = self._step_hooks(), pm.changes
+            on_step_begin, training_step, backward = call["on_step_begin"], call["training_step"], call["backward"]
+            optimizer_step, on_step_end = call["optimizer_step"], call["on_step_end"]
+            asks_save, asks_stop = self._asks_save, self._asks_stop
+            for update in range(start, steps):
+                if pm.changes != built:
+                    start = update
+                    break  # a plugin was (un)registered: bind the hooks again, then make this step
+                window = last_window if update == steps - 1 else ga
+                if window == 1:
+                    batch = next(batches, None)
+                    if batch is None:
+                        return stepped  # the data ran out (iterable dataset)
+                    on_step_begin(self, args, state)
+                    step_loss = training_step(self, model, batch if on_cpu else to_device(batch, self.device))
+                    backward(self, step_loss)
+                    n = 1
+                else:
+                    micro = list(islice(batches, window))
+                    if not micro:
+                        return stepped
+                    on_step_begin(self, args, state)
+                    step_loss, n = self._accumulate(micro), len(micro)
+                gs = state.global_step + 1
+                log_due = bool(log_every and gs % log_every == 0) or (gs == 1 and args.logging_first_step)
+                outcome: StepOutcome = optimizer_step(self, model, optimizer, log_due)
+                self._last_lr = optimizer.param_groups[0]["lr"]
+                if outcome.skipped:
+                    state.skipped_steps += 1
+                elif scheduler_step is not None:
+                    scheduler_step()
+                zero_grad()
+                add_loss(step_loss)
+                self._grad_norm = outcome.grad_norm
+                state.global_step = gs
+                state.epoch = epoch + (update * ga + n) / epoch_len
+                on_step_end(self, args, state)
+                stepped = True
+                # the step's decisions: log, evaluate, save, stop
+                if log_due:
+                    self._log_training()
+                last, metrics = gs >= max_steps, None
+                if eval_every and gs >= args.eval_delay and (gs % eval_every == 0 or last):
+                    metrics = self.evaluate()
+                if asks_save:
+                    self._maybe_save(metrics, "step")
+                if asks_stop:
+                    self._maybe_stop(metrics)
+                if last or state.stop_reason is not None:
+                    return stepped
             else:
-                micro = list(islice(batches, window))
-                if not micro:
-                    break
-                on_step_begin(self, args, state)
-                step_loss, n = self._accumulate(micro), len(micro)
-            gs = state.global_step + 1
-            log_due = bool(log_every and gs % log_every == 0) or (gs == 1 and args.logging_first_step)
-            outcome: StepOutcome = optimizer_step(self, model, optimizer, log_due)
-            self._last_lr = optimizer.param_groups[0]["lr"]
-            if outcome.skipped:
-                state.skipped_steps += 1
-            elif scheduler_step is not None:
-                scheduler_step()
-            zero_grad()
-            add_loss(step_loss)
-            self._grad_norm = outcome.grad_norm
-            state.global_step = gs
-            state.epoch = epoch + (update * ga + n) / epoch_len
-            on_step_end(self, args, state)
-            stepped = True
-            # the step's decisions: log, evaluate, save, stop
-            if log_due:
-                self._log_training()
-            last, metrics = gs >= max_steps, None
-            if eval_every and gs >= args.eval_delay and (gs % eval_every == 0 or last):
-                metrics = self.evaluate()
-            if asks_save:
-                self._maybe_save(metrics, "step")
-            if asks_stop:
-                self._maybe_stop(metrics)
-            if last or state.stop_reason is not None:
-                break
+                return stepped
         return stepped
 
     def _accumulate(self, micro: list[Any]) -> torch.Tensor:
@@ -362,7 +368,7 @@ class Trainer:
             self._maybe_stop(metrics)
 
     def _maybe_save(self, metrics: dict[str, float] | None, trigger: str) -> None:
-        wanted = self._call["should_save"](self, self.args, self.state, metrics, trigger)
+        wanted = self._step_hooks()["should_save"](self, self.args, self.state, metrics, trigger)
         if wanted and self._last_saved != self.state.global_step:
             self.save_checkpoint()
 
@@ -377,7 +383,7 @@ class Trainer:
         return path
 
     def _maybe_stop(self, metrics: dict[str, float] | None) -> None:
-        reason = self._call["should_stop"](self, self.args, self.state, metrics)
+        reason = self._step_hooks()["should_stop"](self, self.args, self.state, metrics)
         state = self.state
         if reason and not state.stop_reason:
             state.stop_reason = str(reason)
@@ -412,7 +418,7 @@ class Trainer:
         state = self.state
         logs = {**logs, "epoch": round(state.epoch, 4)}
         state.log_history.append({**logs, "step": state.global_step})
-        self.plugin_manager.call_with_copy("on_log", "logs", trainer=self, args=self.args, state=state, logs=logs)
+        self.plugin_manager.call_each("on_log", fresh="logs", trainer=self, args=self.args, state=state, logs=logs)
 
     def _summary(self, start: float, steps: int) -> dict[str, float]:
         self.state.nonfinite_steps += self._losses.close()[2]  # the steps after the last log
@@ -455,8 +461,8 @@ class Trainer:
             for k, v in metrics.items()
         }
         self.log(metrics)
-        self.plugin_manager.call_with_copy(
-            "on_evaluate", "metrics", trainer=self, args=self.args, state=self.state, metrics=metrics
+        self.plugin_manager.call_each(
+            "on_evaluate", fresh="metrics", trainer=self, args=self.args, state=self.state, metrics=metrics
         )
         return metrics
 
@@ -469,9 +475,6 @@ class Trainer:
             self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """Write the weights (and ``training_args.json``) into *output_dir* (default ``args.output_dir``).
-
-        Every process calls it (the weights of a sharded model are gathered from all of them);
-        the main process writes.
-        """
-        self.plugin_manager.hook.save_model(trainer=self, output_dir=output_dir or self.args.output_dir)
+        """Write the weights (and ``training_args.json``) into *output_dir* (default ``args.output_dir``)."""
+        if self.is_world_process_zero:
+            self.plugin_manager.hook.save_model(trainer=self, output_dir=output_dir or self.args.output_dir)

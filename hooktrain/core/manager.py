@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import operator
 import os
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -14,11 +16,9 @@ from typing import Any
 import pluggy
 
 from hooktrain.core import hookspecs
-from hooktrain.core.errors import PluginLoadError
+from hooktrain.core.errors import ArgumentError, HooktrainError, PluginLoadError
 from hooktrain.core.markers import PROJECT
 from hooktrain.core.registry import Registry
-from hooktrain.core.reporter import REPORTER_METHODS
-from hooktrain.plugins import BUILTINS
 
 logger = logging.getLogger("hooktrain")
 
@@ -27,9 +27,43 @@ DISABLE_AUTOLOAD_ENV = "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD"
 TRACE_ENV = "HOOKTRAIN_TRACE"
 OWN_DISTRIBUTION = "hooktrain"
 
-#: The built-in plugins: (name, module), in registration order, from the one list in
-#: :data:`hooktrain.plugins.BUILTINS`; registered through the same ``_register`` path as others.
-BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = tuple((b.name, b.module) for b in BUILTINS)
+#: The built-in plugins: (name, module). The same names are declared as entry points in
+#: hooktrain's pyproject.toml; they are registered through the same ``_register`` path.
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("training", "hooktrain.plugins.training"),
+    ("optimizers", "hooktrain.plugins.optimizers"),
+    ("schedulers", "hooktrain.plugins.schedulers"),
+    ("precision", "hooktrain.plugins.precision"),
+    ("gradient_checkpointing", "hooktrain.plugins.gradient_checkpointing"),
+    ("compile", "hooktrain.plugins.compile"),
+    ("progress", "hooktrain.plugins.progress"),
+    ("checkpoint", "hooktrain.plugins.checkpoint"),
+    ("save_policies", "hooktrain.plugins.save_policies"),
+    ("best_model", "hooktrain.plugins.best_model"),
+    ("early_stopping", "hooktrain.plugins.early_stopping"),
+    ("reporting", "hooktrain.plugins.reporting"),
+    ("reporters.tensorboard", "hooktrain.plugins.reporters.tensorboard"),
+    ("reporters.wandb", "hooktrain.plugins.reporters.wandb"),
+    ("reporters.mlflow", "hooktrain.plugins.reporters.mlflow"),
+    ("reporters.comet", "hooktrain.plugins.reporters.comet"),
+    # last, so that (pluggy calls the newest registration first) its configure runs first
+    # and every other plugin sees the process rank, device and wrapped model it sets up.
+    ("distributed", "hooktrain.plugins.distributed"),
+)
+
+#: Plugins that ``disable_plugins`` cannot switch off, with what they provide. Their hooks can
+#: still be replaced: a plugin that answers the same ``firstresult`` hooks wins over them.
+ESSENTIAL_PLUGINS: Mapping[str, str] = {
+    "training": "the default training step, backward, optimizer step and evaluation loop",
+}
+
+
+class HookCallOrderError(HooktrainError, TypeError):
+    """A call site passes a hook's arguments in another order than the hook's specification."""
+
+
+class UnmarkedHookWarning(UserWarning):
+    """A registered plugin has a method named like a hook but not marked ``@hookimpl``."""
 
 
 @dataclass
@@ -56,16 +90,41 @@ def _own_version() -> str:
 
 
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager with hooktrain's load order, registries, listing and fast callers."""
+    """pluggy's manager with hooktrain's load order, registries, listing and hook callers.
 
-    def __init__(self, *, blocked: Iterable[str] = ()):
+    Hooks are called in three ways, all through pluggy's public API:
+
+    * ``pm.hook.<name>(**kwargs)``: every call that is not per step;
+    * :meth:`call_each`: each plugin's implementation on its own, to isolate failures
+      (``on_train_end``) or give each its own copy of a dict (``on_log``); :meth:`each_plugin`
+      gives the per-plugin callers themselves (registries use it to credit each name to its
+      plugin);
+    * :meth:`step_callers`: the per-step hooks, called positionally in an order checked against
+      the specs; a single plain implementation is called directly.
+
+    ``changes`` counts registrations, unregistrations and monitoring changes; callers built
+    from the registrations are rebuilt when it moves.
+    """
+
+    def __init__(self, *, blocked: Iterable[str] = (), specs: Iterable[ModuleType | type] = (hookspecs,)):
         super().__init__(PROJECT)
-        self.add_hookspecs(hookspecs)
+        for module in specs:
+            self.add_hookspecs(module)
         self.origins: dict[str, PluginInfo] = {}
         self.registries: dict[str, Registry] = {}
+        self.changes = 0
+        self._monitors = 0
+        self._each_cache: dict[str, tuple[int, list[tuple[object, pluggy.HookCaller]]]] = {}
+        blocked = list(blocked)
+        refused = [name for name in blocked if name in ESSENTIAL_PLUGINS]
+        if refused:
+            raise ArgumentError([
+                f"disable_plugins={blocked!r} is invalid: {name!r} is essential "
+                f"({ESSENTIAL_PLUGINS[name]}) and cannot be disabled; replace its hooks with a "
+                "plugin of your own instead" for name in refused
+            ])
         for name in blocked:
             self.set_blocked(name)
-        self._plain_hookexec = self._inner_hookexec  # replaced by tracing and call monitoring
         if os.environ.get(TRACE_ENV):
             trace_log = logging.getLogger("hooktrain.hooks")
             self.trace.root.setwriter(trace_log.debug)
@@ -89,10 +148,44 @@ class PluginManager(pluggy.PluginManager):
             ) from exc
         self.origins[name] = PluginInfo(name, distribution, version, builtin)
 
-    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
-        if name in REPORTER_METHODS:  # reporter methods, called by the reporting plugin; never hooks
-            return None
-        return super().parse_hookimpl_opts(plugin, name)
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        if registered is not None:
+            self.changes += 1
+            self._warn_unmarked(plugin, registered)
+        return registered
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+        removed = super().unregister(plugin, name)
+        self.changes += 1
+        return removed
+
+    def add_hookcall_monitoring(self, before: Any, after: Any) -> Callable[[], None]:
+        undo = super().add_hookcall_monitoring(before, after)
+        self._monitors += 1
+        self.changes += 1  # observed calls must all go through pluggy: rebuild the step callers
+
+        def undo_and_count() -> None:
+            undo()
+            self._monitors -= 1
+            self.changes += 1
+
+        return undo_and_count
+
+    def _warn_unmarked(self, plugin: object, name: str) -> None:
+        """Warn about methods named like a hook that lack ``@hookimpl`` (pluggy ignores them)."""
+        for hook_name, caller in vars(self.hook).items():
+            if hook_name.startswith("_") or not caller.has_spec():
+                continue
+            found = inspect.getattr_static(plugin, hook_name, None)
+            if found is None or not (callable(found) or isinstance(found, (staticmethod, classmethod))):
+                continue
+            if self.parse_hookimpl_opts(plugin, hook_name) is None:
+                warnings.warn(
+                    f"plugin {name!r} has a method {hook_name!r} named like the hook but not marked "
+                    f"@hookimpl, so it is never called; mark it with @hooktrain.hookimpl or rename it",
+                    UnmarkedHookWarning, stacklevel=3,
+                )
 
     def load_builtins(self) -> None:
         version = _own_version()
@@ -164,44 +257,86 @@ class PluginManager(pluggy.PluginManager):
             "save_policies": Registry("save policy", "save_strategy"),
         }
         for kind, registry in self.registries.items():
-            for impl in getattr(self.hook, f"register_{kind}").get_hookimpls():
-                register = registry.registrar(self.plugin_label(impl.plugin))
-                impl.function(*[register for _ in impl.argnames])
+            for plugin, call in reversed(self.each_plugin(f"register_{kind}")):  # oldest first
+                call(register=registry.registrar(self.plugin_label(plugin)))
         return self.registries
 
     # ---- calling ----------------------------------------------------------------------
 
-    def call_each(self, hook_name: str, **kwargs: Any) -> list[BaseException]:
-        """Call every implementation even if some raise; return the errors (logged)."""
+    def each_plugin(self, hook_name: str) -> list[tuple[object, pluggy.HookCaller]]:
+        """``(plugin, caller)`` for each plugin implementing *hook_name*, in pluggy's calling order.
+
+        Each caller (pluggy's ``subset_hook_caller``) calls that plugin's implementation alone,
+        through pluggy: a wrapper runs, tracing and monitoring see the call. Cached until the
+        registrations change.
+        """
+        cached = self._each_cache.get(hook_name)
+        if cached is not None and cached[0] == self.changes:
+            return cached[1]
+        impls = getattr(self.hook, hook_name).get_hookimpls()
+        plugins = list(dict.fromkeys(impl.plugin for impl in reversed(impls)))
+        callers = [
+            (plugin, self.subset_hook_caller(hook_name, [p for p in plugins if p is not plugin]))
+            for plugin in plugins
+        ]
+        self._each_cache[hook_name] = (self.changes, callers)
+        return callers
+
+    def call_each(
+        self, hook_name: str, /, *, fresh: str | None = None, isolate: bool = False, **kwargs: Any
+    ) -> list[BaseException]:
+        """Call each plugin's implementation of *hook_name* on its own (see :meth:`each_plugin`).
+
+        *fresh* names a dict argument that each implementation gets its own shallow copy of.
+        With *isolate*, an implementation that raises is logged and the others still run; the
+        errors are returned. Without it the first error propagates.
+        """
         errors: list[BaseException] = []
-        for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
+        original = kwargs.get(fresh) if fresh is not None else None
+        for plugin, call in self.each_plugin(hook_name):
+            if original is not None:
+                kwargs[fresh] = dict(original)  # type: ignore[index]
             try:
-                self._hookexec(hook_name, [impl], kwargs, False)  # wrappers, tracing, monitoring
-            except Exception as exc:  # one plugin's teardown must not stop the others
-                logger.error("%s failed in %s: %r", self.plugin_label(impl.plugin), hook_name, exc)
+                call(**kwargs)
+            except Exception as exc:
+                if not isolate:
+                    raise
+                logger.error("%s failed in %s: %r", self.plugin_label(plugin), hook_name, exc)
                 errors.append(exc)
         return errors
 
-    def call_with_copy(self, hook_name: str, copied: str, **kwargs: Any) -> None:
-        """Call every implementation, each with its own shallow copy of ``kwargs[copied]``."""
-        for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
-            self._hookexec(hook_name, [impl], {**kwargs, copied: dict(kwargs[copied])}, False)
+    def step_callers(self, orders: Mapping[str, tuple[str, ...]]) -> dict[str, Callable[..., Any]]:
+        """For each hook of *orders*, a callable equivalent to ``self.hook.<name>`` that takes the
+        hook's arguments **positionally, in the given order**, for the current registrations.
 
-    def fast_caller(self, hook_name: str) -> Callable[..., Any]:
-        """A callable equivalent to ``self.hook.<hook_name>``, taking the hook's arguments
-        **positionally, in the spec's order**, for the current registrations.
-
-        Hot-path hooks are called thousands of times per run: with no implementation the call
-        is a no-op; with one plain implementation it calls that function directly (passing it
-        the subset of arguments it takes), skipping pluggy's dispatch. Rebuild after changing
-        registrations.
+        Each order must be the hook's spec order, else :class:`HookCallOrderError`: a call site
+        cannot silently pass arguments in a stale order. The per-step hooks are called thousands of
+        times per run: with no implementation the callable is a no-op; with one plain
+        implementation (no wrapper, no tracing or monitoring) it is that function, given the
+        subset of arguments it takes, skipping pluggy's dispatch; otherwise it calls through
+        pluggy. Rebuild when ``changes`` moves.
         """
+        wrong = []
+        for hook_name, order in orders.items():
+            spec = getattr(self.hook, hook_name).spec
+            spec_names = tuple(spec.argnames) if spec is not None else None
+            if tuple(order) != spec_names:
+                wrong.append(f"{hook_name}: called with ({', '.join(order)}), specified as "
+                             f"({', '.join(spec_names or ())})")
+        if wrong:
+            raise HookCallOrderError(
+                "hook calls whose arguments do not match the hook specifications:\n  "
+                + "\n  ".join(wrong)
+            )
+        return {hook_name: self._positional(hook_name) for hook_name in orders}
+
+    def _positional(self, hook_name: str) -> Callable[..., Any]:
         caller = getattr(self.hook, hook_name)
         spec_names = tuple(caller.spec.argnames)
         impls = caller.get_hookimpls()
         if not impls:
             return _noop
-        if len(impls) == 1 and not (impls[0].wrapper or impls[0].hookwrapper) and not self._observed():
+        if len(impls) == 1 and not (impls[0].wrapper or impls[0].hookwrapper) and not self._monitors:
             function, names = impls[0].function, tuple(impls[0].argnames)
             if names == spec_names:
                 return function
@@ -218,10 +353,6 @@ class PluginManager(pluggy.PluginManager):
     def implemented(self, hook_name: str) -> bool:
         """Whether any registered plugin implements *hook_name*."""
         return bool(getattr(self.hook, hook_name).get_hookimpls())
-
-    def _observed(self) -> bool:
-        """Whether hook calls are traced or monitored (then every call goes through pluggy)."""
-        return self._inner_hookexec is not self._plain_hookexec
 
     # ---- listing ----------------------------------------------------------------------
 

@@ -37,10 +37,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hooktrain.core.data import ResumableBatchSampler
+from hooktrain.core.data import ResumableBatchSampler, concat_padded
 from hooktrain.core.markers import hookimpl
 from hooktrain.core.types import EvalOutput
-from hooktrain.plugins.training import concat_padded
 
 logger = logging.getLogger("hooktrain")
 
