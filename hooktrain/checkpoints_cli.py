@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hooktrain.core.monitor import Monitor
-from hooktrain.plugins.checkpoint import (
+from hooktrain.checkpointing.format import (
     ARGS_NAME,
     TMP_PREFIX,
     TRAINER_STATE_NAME,
@@ -26,6 +25,7 @@ from hooktrain.plugins.checkpoint import (
     list_checkpoints,
     verify,
 )
+from hooktrain.core.monitor import Monitor
 
 
 def _read_json(path: Path) -> dict[str, Any]:

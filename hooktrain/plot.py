@@ -24,7 +24,7 @@ def find_state(output_dir: str | Path) -> Path:
     root = Path(output_dir)
     if (root / "trainer_state.json").is_file():
         return root / "trainer_state.json"
-    from hooktrain.plugins.checkpoint import list_checkpoints
+    from hooktrain.checkpointing.format import list_checkpoints
 
     for _, ckpt in reversed(list_checkpoints(root)):
         if (ckpt / "trainer_state.json").is_file():

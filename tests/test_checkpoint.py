@@ -157,7 +157,7 @@ def test_large_files_verify_and_reload(tmp_path, safetensors):
     manifest = json.loads((ckpt / "manifest.json").read_text())
     weights = "model.safetensors" if safetensors else "pytorch_model.bin"
     assert manifest["files"][weights]["size"] > 2 * 2**20 and manifest["files"]["optimizer.pt"]["size"] > 4 * 2**20
-    assert verify(ckpt) == []  # every sha256 recomputed from the files on disk
+    assert verify(ckpt) == []  # every checksum recomputed from the files on disk
     fresh = Wide()
     load_model_weights(fresh, ckpt)
     for name, value in trainer.model.state_dict().items():
@@ -208,7 +208,7 @@ def test_corrupted_newest_falls_back_to_the_previous_and_logs_why(tmp_path, capl
     flip_byte(tmp_path / "checkpoint-6" / "model.safetensors")
     (tmp_path / "checkpoint-4" / "rng_state.pth").unlink()  # one file missing
     assert verify(tmp_path / "checkpoint-6") == [
-        f"{tmp_path / 'checkpoint-6' / 'model.safetensors'}: sha256 differs from the manifest (corrupted or modified)"
+        f"{tmp_path / 'checkpoint-6' / 'model.safetensors'}: xxh3_128 differs from the manifest (corrupted or modified)"
     ]
     assert "rng_state.pth: missing" in verify(tmp_path / "checkpoint-4")[0]
 
@@ -218,19 +218,19 @@ def test_corrupted_newest_falls_back_to_the_previous_and_logs_why(tmp_path, capl
     assert path == tmp_path / "checkpoint-2"
     skipped = [r.getMessage() for r in caplog.records if "not resuming from" in r.getMessage()]
     assert len(skipped) == 2
-    assert "checkpoint-6" in skipped[0] and "model.safetensors" in skipped[0] and "sha256" in skipped[0]
+    assert "checkpoint-6" in skipped[0] and "model.safetensors" in skipped[0] and "xxh3_128" in skipped[0]
     assert "checkpoint-4" in skipped[1] and "rng_state.pth: missing" in skipped[1]
 
 
 @pytest.mark.parametrize("how", ["newest", "explicit"])
 def test_resume_reads_each_file_once(tmp_path, monkeypatch, how):
-    import hooktrain.plugins.checkpoint as ckpt
+    import hooktrain.checkpointing.format as fmt
 
     make_trainer(tmp_path, max_steps=2).train()
     reads: list[str] = []
-    real_read_bytes, real_hash = Path.read_bytes, ckpt._sha256_file
+    real_read_bytes, real_hash = Path.read_bytes, fmt.digest_file
     monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real_read_bytes(self))
-    monkeypatch.setattr(ckpt, "_sha256_file", lambda path: reads.append(f"hash {path.name}") or real_hash(path))
+    monkeypatch.setattr(fmt, "digest_file", lambda path, algo: reads.append(f"hash {path.name}") or real_hash(path, algo))
     target = True if how == "newest" else str(tmp_path / "checkpoint-2")
     trainer = make_trainer(tmp_path, max_steps=4)
     trainer.plugin_manager.hook.resume_checkpoint(trainer=trainer, checkpoint=target)
@@ -245,10 +245,10 @@ def test_explicit_path_that_fails_verification_names_the_file(tmp_path):
     make_trainer(tmp_path, max_steps=4).train()
     flip_byte(tmp_path / "checkpoint-4" / "optimizer.pt", offset=100)
     trainer = make_trainer(tmp_path, max_steps=6)
-    with pytest.raises(CheckpointError, match=r"checkpoint-4/optimizer\.pt: sha256"):
+    with pytest.raises(CheckpointError, match=r"checkpoint-4/optimizer\.pt: xxh3_128"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
     shutil.copy(tmp_path / "checkpoint-2" / "manifest.json", tmp_path / "checkpoint-4" / "manifest.json")
-    with pytest.raises(CheckpointError, match=r"checkpoint-4/\w+.*(bytes|sha256)"):
+    with pytest.raises(CheckpointError, match=r"checkpoint-4/\w+.*(bytes|xxh3_128)"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
 
 
@@ -571,7 +571,7 @@ def test_checkpoints_cli(tmp_path, capsys):
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     assert rows[0]["best"] is True and rows[0]["best_metric"] == 0.9 and rows[0]["metric"] == "eval_accuracy"
     assert rows[0]["size_bytes"] > 0 and rows[0]["problems"] == [] and rows[0]["verified"] is True
-    assert rows[2]["verified"] is False and "scheduler.pt: sha256" in rows[2]["problems"][0]
+    assert rows[2]["verified"] is False and "scheduler.pt: xxh3_128" in rows[2]["problems"][0]
     assert rows[3]["verified"] is False and rows[3]["incomplete"] is True
     os.replace(tmp_path / "checkpoint-4", tmp_path / ".tmp-replaced-checkpoint-4")  # a crash mid-replacement
     checkpoints_main([str(tmp_path), "--json"])

@@ -1,9 +1,12 @@
-"""Exact resume after a real SIGKILL: mid-epoch, at an epoch boundary and in the middle of a save.
+"""Exact resume after a real SIGKILL: mid-epoch, at an epoch boundary, and at every stage of a
+checkpoint being written in the background (``save_async``).
 
 Each run is a child process (this file run as a script). The killed run dies by
 ``os.kill(os.getpid(), SIGKILL)``; the resumed run continues with ``resume_from_checkpoint=True``.
 Its final weights must be bit-identical to an uninterrupted run's, with dropout, shuffling,
-gradient accumulation 2 (and a short last window) and a cosine schedule with warm-up.
+gradient accumulation 2 (and a short last window) and a cosine schedule with warm-up. The
+uninterrupted reference saves synchronously, so the background checkpoints are also compared
+with synchronous ones.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ TOTAL_STEPS = 12  # 3 epochs
 
 def child(out: str, kill: str, at: int, resume: bool) -> None:
     """Train into *out*, resuming from its newest checkpoint when *resume*; die at the end of step
-    *at* (``kill="step"``), right after the first file of checkpoint-*at* is written
-    (``kill="save"``) or just before the complete checkpoint-*at* is renamed into place
-    (``kill="publish"``); the final weights go to ``out/final``."""
+    *at* once the save in flight is committed (``kill="step"``), or while checkpoint-*at* is
+    persisted in the background (``before_files``, ``mid_file``, ``before_manifest``,
+    ``before_rename``); ``kill="sync"`` trains without
+    dying and saves synchronously. The final weights go to ``out/final``."""
+    import threading
+
     import torch
 
-    import hooktrain.plugins.checkpoint as checkpoint
+    import hooktrain.checkpointing.writer as writer
     from hooktrain import Trainer, TrainingArguments, hookimpl
+    from hooktrain.plugins.checkpoint import wait_for_checkpoint
 
     class Items(torch.utils.data.Dataset):
         def __init__(self, n: int):
@@ -57,39 +64,47 @@ def child(out: str, kill: str, at: int, resume: bool) -> None:
 
     class KillAtStep:
         @hookimpl
-        def on_step_end(self, state):
+        def on_step_end(self, trainer, state):
             if state.global_step == at:
+                wait_for_checkpoint(trainer)  # the newest visible checkpoint is then the last step's
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    plugins = [KillAtStep()] if kill == "step" else []
-    if kill == "save":
-        write_file = checkpoint.write_file
+    def die_if(point: str, path: Path) -> None:
+        """SIGKILL at *point* of checkpoint-*at*'s persist, which must run in the background."""
+        if kill == point and path.name == f".tmp-checkpoint-{at}":
+            assert threading.current_thread() is not threading.main_thread(), "not a background save"
+            os.kill(os.getpid(), signal.SIGKILL)
 
-        def write_then_die(path, *rest):
-            record = write_file(path, *rest)
-            if path.parent.name == f".tmp-checkpoint-{at}":
-                os.kill(os.getpid(), signal.SIGKILL)
-            return record
+    class Killing(writer.HashingWriter):
+        def __init__(self, path, *rest):
+            die_if("before_files", path.parent)
+            if path.name == "manifest.json":
+                die_if("before_manifest", path.parent)
+            super().__init__(path, *rest)
 
-        checkpoint.write_file = write_then_die
-    if kill == "publish":  # every file, the manifest and the fsyncs done; the rename not yet
-        replace = os.replace
+        def write(self, data):
+            if self.path.name == "optimizer.pt" and self.size > 0:
+                die_if("mid_file", self.path.parent)  # some of its bytes written
+            return super().write(data)
 
-        def die_before_rename(src, dst, *rest, **kw):
-            if os.path.basename(src) == f".tmp-checkpoint-{at}":
-                os.kill(os.getpid(), signal.SIGKILL)
-            return replace(src, dst, *rest, **kw)
+    writer.HashingWriter = Killing  # type: ignore[misc]
+    replace = os.replace
 
-        checkpoint.os.replace = die_before_rename
+    def die_before_rename(src, dst, *rest, **kw):  # every file, the manifest and the fsyncs done
+        die_if("before_rename", Path(src))
+        return replace(src, dst, *rest, **kw)
+
+    os.replace = die_before_rename
 
     torch.manual_seed(0)
     args = TrainingArguments(
         output_dir=out, num_train_epochs=3, per_device_train_batch_size=4,
         gradient_accumulation_steps=2, learning_rate=0.05, lr_scheduler_type="cosine",
         warmup_ratio=0.25, save_strategy="steps", save_steps=1, logging_steps=1, seed=7,
-        report_to="none", disable_tqdm=True,
+        report_to="none", disable_tqdm=True, save_async=kill != "sync",
     )
-    trainer = Trainer(model=Net(), args=args, train_dataset=Items(26), plugins=plugins)
+    trainer = Trainer(model=Net(), args=args, train_dataset=Items(26),
+                      plugins=[KillAtStep()] if kill == "step" else [])
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(os.path.join(out, "final"))
     trainer.save_state()
@@ -125,28 +140,38 @@ def step_logs(out: Path) -> dict[int, tuple[float, float]]:
 
 def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path):
     reference = tmp_path / "uninterrupted"
-    done = run_child(reference)
+    done = run_child(reference, "sync")
     assert done.returncode == 0, done.stderr
     assert checkpoint_steps(reference) == list(range(1, TOTAL_STEPS + 1))
 
     out = tmp_path / "killed"
-    # (how it dies, at which step, the newest complete checkpoint it leaves, what that point is)
+    # (how it dies, at which step, what that point is); it leaves checkpoint-1 … checkpoint-(at - 1)
     stages = [
-        ("step", 5, 4, "killed after the first step of epoch 2: resumes at an epoch boundary"),
-        ("step", 7, 6, "killed mid-epoch: resumes mid-epoch, from a resumed run"),
-        ("save", 10, 9, "killed while writing checkpoint-10: resumes from checkpoint-9"),
-        ("publish", 11, 10, "killed with checkpoint-11 written but not renamed: resumes from checkpoint-10"),
+        ("step", 3, "killed after step 3: resumes mid-epoch"),
+        ("before_files", 5, "killed with checkpoint-5's directory made, before any file: resumes at an "
+                            "epoch boundary, from a resumed run"),
+        ("mid_file", 7, "killed halfway through checkpoint-7's optimizer.pt"),
+        ("before_manifest", 9, "killed with checkpoint-9's files written and fsync'd, before the manifest"),
+        ("before_rename", 11, "killed with checkpoint-11 complete, before the rename"),
     ]
-    for i, (kill, at, newest, where) in enumerate(stages):
+    for i, (kill, at, where) in enumerate(stages):
         killed = run_child(out, kill, at, resume=i > 0)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
-        assert checkpoint_steps(out) == list(range(1, newest + 1)), where
+        assert checkpoint_steps(out) == list(range(1, at)), where
         partial = out / f".tmp-checkpoint-{at}"
-        if kill == "save":
-            assert partial.is_dir() and len(list(partial.iterdir())) == 1, "one file written, then killed"
-            assert not (partial / "manifest.json").exists()
-        if kill == "publish":  # complete, but never visible as checkpoint-11
-            assert (partial / "manifest.json").is_file()
+        left = sorted(p.name for p in partial.iterdir()) if partial.is_dir() else None
+        expected_left = {
+            "step": None,
+            "before_files": [],
+            "before_manifest": ["model.safetensors", "optimizer.pt", "plugin_state.json", "rng_state.pth",
+                                "scheduler.pt", "trainer_state.json", "training_args.json"],
+        }
+        if kill in expected_left:
+            assert left == expected_left[kill], where
+        elif kill == "mid_file":
+            assert left is not None and "optimizer.pt" in left and "manifest.json" not in left, where
+        else:  # complete, but never visible as checkpoint-11
+            assert left is not None and "manifest.json" in left, where
         for step in checkpoint_steps(out):  # every checkpoint so far equals the uninterrupted run's
             assert_same_weights(reference / f"checkpoint-{step}", out / f"checkpoint-{step}", f"step {step}, {where}")
 

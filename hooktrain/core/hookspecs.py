@@ -199,12 +199,14 @@ def on_evaluate(
 def on_save(
     trainer: Trainer, args: TrainingArguments, state: TrainerState, checkpoint_dir: Path
 ) -> None:
-    """A checkpoint is complete on disk under its final name.
+    """A checkpoint is complete on disk under its final name (committed). Emitted on the
+    training thread; for a checkpoint written in the background, at the first step boundary after
+    its commit (or before ``train()`` returns), so ``state.global_step`` may be past its step.
 
     :param trainer: the Trainer.
     :param args: the run's arguments.
     :param state: the run's state.
-    :param checkpoint_dir: the checkpoint's directory.
+    :param checkpoint_dir: the checkpoint's directory (``checkpoint-{step}``).
     """
 
 
@@ -436,7 +438,9 @@ def reduce_mean(trainer: Trainer, value: torch.Tensor) -> torch.Tensor | None:
 
 @hookspec(firstresult=True)
 def save_checkpoint(trainer: Trainer, state: TrainerState) -> Path | None:
-    """Write a checkpoint of the current step and return its directory. Stops at first non-None result.
+    """Save a checkpoint of the current step (or start writing it in the background) and return
+    its final directory. The implementation emits ``on_save``, on the training thread, once the
+    checkpoint is committed. Stops at first non-None result.
 
     :param trainer: the Trainer.
     :param state: the run's state.

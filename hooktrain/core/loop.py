@@ -373,13 +373,14 @@ class Trainer:
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Any:
-        """Write a checkpoint of the current step now (through ``save_checkpoint``) and fire ``on_save``."""
-        hook = self.plugin_manager.hook
-        path = hook.save_checkpoint(trainer=self, state=self.state)
+        """Save a checkpoint of the current step (through ``save_checkpoint``); its directory.
+
+        The implementation emits ``on_save`` once the checkpoint is committed (at once, or at a
+        later step boundary when it is written in the background)."""
+        path = self.plugin_manager.hook.save_checkpoint(trainer=self, state=self.state)
         if path is None:
             raise RuntimeError("no plugin implements save_checkpoint (is 'checkpoint' disabled?)")
         self._last_saved = self.state.global_step
-        hook.on_save(trainer=self, args=self.args, state=self.state, checkpoint_dir=path)
         return path
 
     def _maybe_stop(self, metrics: dict[str, float] | None) -> None:

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hooktrain.checkpointing.format import checkpoint_name, checkpoint_step
 from hooktrain.core.markers import hookimpl
 from hooktrain.core.monitor import BUILTIN_EVAL_METRICS, Monitor
 
@@ -79,13 +80,17 @@ class BestModel:
         wanted = self.load_at_end or (self._policy is not None and bool(self._policy(
             trainer=trainer, args=args, state=state, metrics=metrics, trigger=trigger)))
         if wanted and state.best_model_checkpoint is None:
-            state.best_model_checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            state.best_model_checkpoint = os.path.join(args.output_dir, checkpoint_name(state.global_step))
         return wanted
 
     @hookimpl
     def on_save(self, state, checkpoint_dir):
-        self._last_save = (state.global_step, str(checkpoint_dir))
-        if state.best_global_step == state.global_step:
+        # a checkpoint written in the background is announced at a later step: use its own step
+        step = checkpoint_step(checkpoint_dir)
+        if step is None:
+            step = state.global_step
+        self._last_save = (step, str(checkpoint_dir))
+        if state.best_global_step == step:
             state.best_model_checkpoint = str(checkpoint_dir)
 
     @hookimpl
@@ -109,7 +114,7 @@ class BestModel:
                 "keeping the final weights", state.best_global_step, self.monitor.name,
                 state.best_metric, f" ({path} is gone)" if path else "")
             return
-        from hooktrain.plugins.checkpoint import load_model_weights
+        from hooktrain.checkpointing.tensors import load_model_weights
 
         load_model_weights(trainer.model, path)
         logger.info(

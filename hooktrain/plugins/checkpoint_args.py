@@ -22,6 +22,9 @@ class CheckpointArguments:
         None, "Keep at most this many checkpoints (the best is always kept); None keeps all.", ge=1)
     save_safetensors: bool = arg(
         True, "Save weights as model.safetensors; False writes pytorch_model.bin.")
+    save_async: bool = arg(
+        True, "Write checkpoints in a background thread after a snapshot of the state in host memory "
+        "(training goes on meanwhile); False saves synchronously. The final save is always synchronous.")
     save_only_model: bool = arg(
         False, "Save only the weights (no optimizer, scheduler or RNG state); such checkpoints "
         "cannot resume training.")
