@@ -11,7 +11,13 @@ Without CUDA it prints ``skipped: no CUDA`` and exits 0; CI never needs a GPU. `
 the same checks on the CPU (tiny sizes advised) to test this script itself; its memory column is
 then empty and TF32 is not checked.
 
-Run: ``python benchmarks/gpu.py [--steps 40] [--warmup 10] [--batch 16] [--seq 512]``.
+``--fsdp`` runs the sharded configurations of :data:`FSDP_CONFIGS` instead (:func:`fsdp_main`):
+it launches itself under ``torchrun`` with one process per GPU (NCCL; ``--nproc`` to choose),
+trains with ``fsdp`` and the bf16 ``MixedPrecisionPolicy`` (DDP bf16 as the reference; the
+blocks are the FSDP units) and prints ``torch.cuda.max_memory_allocated`` per rank.
+
+Run: ``python benchmarks/gpu.py [--steps 40] [--warmup 10] [--batch 16] [--seq 512]``
+(``--fsdp [--nproc N]`` for the sharded runs).
 Exit status 1 when a configuration fails or its checks do not hold.
 """
 
@@ -189,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--only", nargs="*", default=None, help="configuration names to run")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (to test this script)")
+    parser.add_argument("--fsdp", action="store_true", help="the FSDP2 runs instead, under torchrun (fsdp_main)")
+    parser.add_argument("--nproc", type=int, default=None, help="--fsdp: processes (default: one per GPU)")
     opts = parser.parse_args(argv)
+    if opts.fsdp:
+        return fsdp_main(opts, list(argv if argv is not None else sys.argv[1:]))
     if opts.cpu:
         print(f"CPU run (testing the script), torch {torch.__version__}")
         bf16_ok = True
@@ -233,6 +243,95 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['name']} | {r['steps_per_s']:.2f} | {r['steps_per_s'] * opts.batch * opts.seq:,.0f} "
               f"| {r['peak_mib']:,.0f} | {r['loss']:.4f} | {r['skipped']} | {r['dtype']} | {r['tf32']} | {check} |")
     return 1 if failed else 0
+
+
+# ---- FSDP2: sharded training under torchrun (NCCL on GPUs) ------------------------------------
+
+#: name -> arguments of the sharded runs; the blocks of TinyGPT are the FSDP units
+FSDP_CONFIGS: dict[str, dict[str, Any]] = {
+    "DDP bf16 (reference)": {"bf16": True, "tf32": False},
+    "FSDP full_shard bf16": {"bf16": True, "tf32": False, "fsdp": "full_shard"},
+    "FSDP shard_grad_op bf16": {"bf16": True, "tf32": False, "fsdp": "shard_grad_op"},
+    "FSDP full_shard offload bf16": {"bf16": True, "tf32": False, "fsdp": "full_shard offload"},
+    "FSDP full_shard bf16 + gradient checkpointing": {"bf16": True, "tf32": False, "fsdp": "full_shard",
+                                                      "gradient_checkpointing": True},
+}
+_FSDP_RESULT = "HOOKTRAIN_GPU_FSDP_RESULT"
+
+
+def fsdp_main(opts: argparse.Namespace, argv: list[str]) -> int:
+    """``--fsdp``: launch this script under torchrun (one process per GPU, NCCL) and print, per
+    configuration and rank, steps/s and ``torch.cuda.max_memory_allocated``. FSDP runs use the
+    bf16 ``MixedPrecisionPolicy`` (parameters in bf16, gradients reduced in fp32). With ``--cpu``
+    they run on gloo CPU processes (to test the script; no memory column, no offload)."""
+    import json
+    import os
+    import subprocess
+
+    if "WORLD_SIZE" in os.environ:
+        return _fsdp_worker(opts)
+    if not opts.cpu and not torch.cuda.is_available():
+        print("skipped: no CUDA (torch.cuda.is_available() is False); nothing to check on this machine")
+        return 0
+    nproc = opts.nproc or (2 if opts.cpu else torch.cuda.device_count())
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        env = {**os.environ, _FSDP_RESULT: result.name, "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               __file__, *argv]
+        proc = subprocess.run(cmd, env=env)
+        rows = json.loads(open(result.name).read() or "[]") if proc.returncode == 0 else []
+    where = "CPU (gloo)" if opts.cpu else f"{torch.cuda.get_device_name()} (NCCL)"
+    print(f"\nFSDP2 on {nproc} process(es), {where}, torch {torch.__version__}; model: {opts.layers} blocks, "
+          f"d={opts.dim}; batch {opts.batch} x {opts.seq} tokens per process\n")
+    print("| configuration | rank | steps/s | max_memory_allocated (MiB) | final loss | Linear dtype | check |")
+    print("|---|---:|---:|---:|---:|---|---|")
+    failed = proc.returncode != 0
+    for r in rows:
+        if "steps_per_s" not in r:
+            print(f"| {r['name']} | {r['rank']} | | | | | {r.get('skipped') or 'FAILED: ' + '; '.join(r['problems'])} |")
+            failed |= not r.get("skipped")
+            continue
+        check = "ok" if not r["problems"] else "FAILED: " + "; ".join(r["problems"])
+        failed |= bool(r["problems"])
+        print(f"| {r['name']} | {r['rank']} | {r['steps_per_s']:.2f} | {r['peak_mib']:,.0f} | {r['loss']:.4f} "
+              f"| {r['dtype']} | {check} |")
+    return 1 if failed else 0
+
+
+def _fsdp_worker(opts: argparse.Namespace) -> int:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    if not opts.cpu:  # before run() resets the peak-memory counter: every rank on its own GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rows = []
+    with tempfile.TemporaryDirectory() as out_dir:
+        for name, config in FSDP_CONFIGS.items():
+            if opts.only and name not in opts.only:
+                continue
+            if opts.cpu and "offload" in config.get("fsdp", ""):
+                rows.append({"name": name, "skipped": "skipped: offload needs CUDA"})
+                continue
+            config = {**config, "fsdp_config": {"transformer_layer_cls_to_wrap": ["Block"]}} if "fsdp" in config \
+                else config
+            try:
+                row = run(name, config, opts, out_dir)
+            except Exception as exc:  # report every configuration, fail at the end
+                row = {"name": name, "problems": [f"{type(exc).__name__}: {exc}"]}
+            rows.append(row)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    everyone: list[Any] = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
+    if dist.is_initialized():
+        dist.all_gather_object(everyone, [{**r, "rank": rank} for r in rows])
+    else:
+        everyone = [[{**r, "rank": rank} for r in rows]]
+    if rank == 0:
+        ordered = [r for i in range(len(rows)) for per_rank in everyone for r in per_rank[i:i + 1]]
+        with open(os.environ[_FSDP_RESULT], "w") as fp:
+            json.dump(ordered, fp, default=str)
+    return 0
 
 
 if __name__ == "__main__":
