@@ -6,7 +6,9 @@ Config keys (all optional but ``out``): ``out`` output dir, ``batch`` per-device
 ``steps`` max_steps, ``ga`` gradient accumulation, ``dropout`` (bool), ``eval`` (evaluate at the
 last step and after train()), ``report_to``, ``save_steps`` (0 = no checkpoints), ``resume``,
 ``ddp_timeout``, and the faults: ``kill_at`` / ``raise_at`` / ``stall_at`` (a step) on rank
-``fault_rank`` (default 1): SIGKILL itself, raise ``RuntimeError``, or sleep 300 s there.
+``fault_rank`` (default 1): SIGKILL itself, raise ``RuntimeError``, or sleep 300 s there;
+``kill_in_persist_at`` (a step): SIGKILL itself while the background thread writes its random-state
+file of that step's checkpoint (the other process then waits for it to agree on the checkpoint).
 
 Each process writes ``<out>/result_rank<R>.json``: its final weights, log history and metrics.
 """
@@ -77,8 +79,26 @@ class Faults:
             time.sleep(300)
 
 
+def kill_in_persist(step: int) -> None:
+    """SIGKILL this process while its background save of checkpoint-*step* writes its RNG file."""
+    import threading
+
+    import hooktrain.checkpointing.writer as writer
+
+    class Killing(writer.HashingWriter):
+        def write(self, data):
+            if self.path.parent.name == f".tmp-checkpoint-{step}" and self.path.name.startswith("rng_state"):
+                assert threading.current_thread() is not threading.main_thread(), "not a background save"
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().write(data)
+
+    writer.HashingWriter = Killing  # type: ignore[misc]
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
+    if cfg.get("kill_in_persist_at") and int(os.environ.get("RANK", "0")) == cfg.get("fault_rank", 1):
+        kill_in_persist(cfg["kill_in_persist_at"])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.manual_seed(0)
     model = MLP(0.2 if cfg.get("dropout") else 0.0)
