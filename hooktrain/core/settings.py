@@ -117,7 +117,8 @@ else:  # pragma: no cover - type checkers read the branch above
 @dataclass_transform()
 def config_group(cls: _T) -> _T:
     """Make *cls* a dataclass of settings that ``TrainingArguments`` is composed from."""
-    out: Any = dataclass(cls)
+    # only the fields matter: __init__, __repr__ and __eq__ are made once, for TrainingArguments
+    out: Any = dataclass(init=False, repr=False, eq=False)(cls)
     setattr(out, _GROUP_MARK, True)
     return typing.cast("_T", out)
 
