@@ -238,3 +238,24 @@ def test_hf_model_smoke(tmp_path):
     assert f"best: step {state['best_global_step']} with accuracy" in stdout
     config = json.loads((out / "hf_model" / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
+
+
+# ---- hf_callbacks: an HF-style script with transformers' callbacks -----------------------------
+
+
+def test_hf_callbacks_script(tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf_callbacks"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "hf_callbacks/train.py"), "--output_dir", str(out),
+         "--num_train_epochs", "4", "--target_accuracy", "0.95"],
+        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=180)
+    stdout = check_ok(proc)
+    state = read_state(out)
+    assert state["stop_reason"] == "StopAtAccuracy set control.should_training_stop in on_evaluate"
+    assert state["global_step"] < state["max_steps"] == 180  # 45 steps per epoch
+    assert state["best_metric"] >= 0.95 and state["best_global_step"] == state["global_step"]
+    assert "stopped by: StopAtAccuracy" in stdout and (out / "model.safetensors").is_file()
+    # EarlyStoppingCallback's patience count went into every checkpoint
+    plugins = json.loads((out / f"checkpoint-{state['global_step']}" / "plugin_state.json").read_text())
+    assert plugins["hf_callbacks"]["EarlyStoppingCallback"]["attributes"] == {"early_stopping_patience_counter": 0}
