@@ -174,3 +174,17 @@ def test_python_dash_m_hooktrain(workdir, tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "ValueError: a bug in the task's own code" in proc.stderr
+
+
+def test_version_has_one_source_and_the_package_is_typed(capsys):
+    import tomllib
+
+    import hooktrain
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    setuptools = project["tool"]["setuptools"]
+    assert setuptools["dynamic"]["version"] == {"attr": "hooktrain.__version__"}
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"hooktrain {hooktrain.__version__}\n"
+    assert "py.typed" in setuptools["package-data"]["hooktrain"]
+    assert (ROOT / "hooktrain" / "py.typed").is_file()
