@@ -205,8 +205,7 @@ class Trainer:
         state.stop_reason = None
         self._losses = LossWindow(args.logging_nan_inf_filter, read_each_step=self.device.type == "cpu")
         self._last_saved = state.global_step
-        self._hooks_built = -1
-        self._step_hooks()  # built now, so that a call order that does not match a spec fails here
+        self._step_hooks()  # built (and checked against the specs) before the run begins
         self._no_sync = getattr(self.model_wrapped, "no_sync", None)
         self._log_every = state.logging_steps if args.logging_strategy == "steps" else 0
         self._eval_every = state.eval_steps if args.eval_strategy == "steps" else 0
@@ -274,13 +273,9 @@ class Trainer:
 
     def _epoch_steps(self, batches: Iterator[Any], epoch: int, first_update: int, plan: StepPlan) -> bool:
         """The optimizer steps of one epoch from update *first_update* on, each followed by its log,
-        evaluation, save and stop decisions. False when not one step was made (no data).
-
-        This is the per-step hot path: what stays the same during an epoch is looked up once, and
-        again after a plugin is (un)registered (checked before each step).
-        """
-        args, state, model, optimizer = self.args, self.state, self.model_wrapped, self.optimizer
-        pm = self.plugin_manager
+        evaluation, save and stop decisions. False when not one step was made (no data). The hot
+        path: what stays the same is looked up once, and again after a plugin is (un)registered."""
+        args, state, model, optimizer, pm = self.args, self.state, self.model_wrapped, self.optimizer, self.plugin_manager
         scheduler_step = self.lr_scheduler.step if self.lr_scheduler is not None else None
         zero_grad, add_loss = grad_clearer(optimizer, self.model), self._losses.add
         log_every, eval_every = self._log_every, self._eval_every
@@ -476,6 +471,9 @@ class Trainer:
             self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """Write the weights (and ``training_args.json``) into *output_dir* (default ``args.output_dir``)."""
-        if self.is_world_process_zero:
-            self.plugin_manager.hook.save_model(trainer=self, output_dir=output_dir or self.args.output_dir)
+        """Write the weights (and ``training_args.json``) into *output_dir* (default ``args.output_dir``).
+
+        Every process calls it (the weights of a sharded model are gathered from all of them);
+        the main process writes.
+        """
+        self.plugin_manager.hook.save_model(trainer=self, output_dir=output_dir or self.args.output_dir)

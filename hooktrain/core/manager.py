@@ -19,6 +19,8 @@ from hooktrain.core import hookspecs
 from hooktrain.core.errors import ArgumentError, HooktrainError, PluginLoadError
 from hooktrain.core.markers import PROJECT
 from hooktrain.core.registry import Registry
+from hooktrain.core.reporter import REPORTER_METHODS
+from hooktrain.plugins import BUILTINS
 
 logger = logging.getLogger("hooktrain")
 
@@ -27,29 +29,9 @@ DISABLE_AUTOLOAD_ENV = "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD"
 TRACE_ENV = "HOOKTRAIN_TRACE"
 OWN_DISTRIBUTION = "hooktrain"
 
-#: The built-in plugins: (name, module). The same names are declared as entry points in
-#: hooktrain's pyproject.toml; they are registered through the same ``_register`` path.
-BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("training", "hooktrain.plugins.training"),
-    ("optimizers", "hooktrain.plugins.optimizers"),
-    ("schedulers", "hooktrain.plugins.schedulers"),
-    ("precision", "hooktrain.plugins.precision"),
-    ("gradient_checkpointing", "hooktrain.plugins.gradient_checkpointing"),
-    ("compile", "hooktrain.plugins.compile"),
-    ("progress", "hooktrain.plugins.progress"),
-    ("checkpoint", "hooktrain.plugins.checkpoint"),
-    ("save_policies", "hooktrain.plugins.save_policies"),
-    ("best_model", "hooktrain.plugins.best_model"),
-    ("early_stopping", "hooktrain.plugins.early_stopping"),
-    ("reporting", "hooktrain.plugins.reporting"),
-    ("reporters.tensorboard", "hooktrain.plugins.reporters.tensorboard"),
-    ("reporters.wandb", "hooktrain.plugins.reporters.wandb"),
-    ("reporters.mlflow", "hooktrain.plugins.reporters.mlflow"),
-    ("reporters.comet", "hooktrain.plugins.reporters.comet"),
-    # last, so that (pluggy calls the newest registration first) its configure runs first
-    # and every other plugin sees the process rank, device and wrapped model it sets up.
-    ("distributed", "hooktrain.plugins.distributed"),
-)
+#: The built-in plugins: (name, module), in registration order, from the one list in
+#: :data:`hooktrain.plugins.BUILTINS`; registered through the same ``_register`` path as others.
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = tuple((b.name, b.module) for b in BUILTINS)
 
 #: Plugins that ``disable_plugins`` cannot switch off, with what they provide. Their hooks can
 #: still be replaced: a plugin that answers the same ``firstresult`` hooks wins over them.
@@ -186,6 +168,11 @@ class PluginManager(pluggy.PluginManager):
                     f"@hookimpl, so it is never called; mark it with @hooktrain.hookimpl or rename it",
                     UnmarkedHookWarning, stacklevel=3,
                 )
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        if name in REPORTER_METHODS:  # reporter methods, called by the reporting plugin; never hooks
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
 
     def load_builtins(self) -> None:
         version = _own_version()
