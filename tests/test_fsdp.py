@@ -1,14 +1,25 @@
 """Sharded training (FSDP2): real ``torchrun`` launches of gloo processes on the CPU.
 
-One launch of ``tests/dist_scripts/train_fsdp.py`` trains the same model with DDP and then with
-``fsdp='full_shard'`` in the same two processes; the tests compare what each run wrote. The
-argument checks run in-process.
+Four launches of ``tests/dist_scripts/train_fsdp.py``, shared by the tests (each launch trains
+several runs one after the other in the same processes):
+
+1. 2 processes: DDP, then ``fsdp='full_shard'`` with checkpoints every 3 steps and
+   ``save_model()``, then the same with gradient checkpointing;
+2. 2 processes: the fsdp run again, rank 1 SIGKILLs itself after step 5;
+3. 1 process: resume the checkpoint-3 of launch 1 (2 → 1), then a fresh one-process fsdp run;
+4. 2 processes: resume launch 2 (the same world size), then resume the checkpoint-3 of the
+   one-process run (1 → 2).
+
+The argument checks and the refusal of a tampered checkpoint run in-process.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +30,9 @@ import pytest
 import torch
 
 from hooktrain import ArgumentError, Trainer, TrainingArguments
+from hooktrain.checkpointing import read_manifest, verify
+from hooktrain.checkpointing.sharded import MetadataUnpickler, load_sharded
+from hooktrain.core.errors import CheckpointError
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "train_fsdp.py"
 LAUNCH_TIMEOUT = 90  # seconds per torchrun launch (several runs each); a hang fails the test
@@ -57,17 +71,38 @@ def arrays(weights: dict) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in weights.items()}
 
 
+COMMON = dict(eval=True, ga=2, steps=8)  # two micro-batches a step; clipping at 0.5 acts
+SHARDED = dict(fsdp="full_shard", save_steps=3, **COMMON)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("fsdp")
-    common = dict(eval=True, ga=2, steps=8)  # two micro-batches a step; clipping at 0.5 acts
     launch = torchrun(2, [
-        dict(name="ddp", out=str(base / "ddp"), **common),
-        dict(name="fsdp", out=str(base / "fsdp"), fsdp="full_shard", save_model=True, **common),
-        dict(name="gc", out=str(base / "gc"), fsdp="full_shard", gc=True, **common),
+        dict(name="ddp", out=str(base / "ddp"), **COMMON),
+        dict(name="fsdp", out=str(base / "fsdp"), save_model=True, **SHARDED),
+        dict(name="gc", out=str(base / "gc"), fsdp="full_shard", gc=True, **COMMON),
     ])
     assert launch.returncode == 0, launch.stdout[-6000:]
     return base, launch.stdout
+
+
+@pytest.fixture(scope="module")
+def resumed(runs):
+    base, _ = runs
+    killed = torchrun(2, [dict(name="killed", out=str(base / "killed"), kill_at=5, **SHARDED)])
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stdout, killed.stdout[-4000:]
+    one = torchrun(1, [
+        dict(name="from2", out=str(base / "from2"), resume=str(base / "fsdp" / "checkpoint-3"), **SHARDED),
+        dict(name="one", out=str(base / "one"), **SHARDED),
+    ])
+    assert one.returncode == 0, one.stdout[-6000:]
+    two = torchrun(2, [
+        dict(name="killed", out=str(base / "killed"), resume=True, **SHARDED),
+        dict(name="from1", out=str(base / "from1"), resume=str(base / "one" / "checkpoint-3"), **SHARDED),
+    ])
+    assert two.returncode == 0, two.stdout[-6000:]
+    return base, one.stdout, two.stdout
 
 
 def test_fsdp_trains_like_ddp(runs):
@@ -113,9 +148,75 @@ def test_save_model_writes_consolidated_weights(runs):
     base, _ = runs
     fsdp = result(base / "fsdp", "fsdp", 0)
     assert sorted(p.name for p in (base / "fsdp").iterdir() if not p.name.startswith("result_")) == [
-        "model.safetensors", "training_args.json"]
+        "checkpoint-3", "checkpoint-6", "checkpoint-8", "model.safetensors", "training_args.json"]
     # a plain, unsharded model loaded from it gives the sharded model's outputs
     np.testing.assert_array_equal(np.asarray(fsdp["plain_outputs"]), np.asarray(fsdp["outputs"]))
+
+
+# ---- sharded checkpoints -------------------------------------------------------------------------
+
+
+def test_checkpoints_hold_every_shard_in_the_manifest(runs):
+    base, _ = runs
+    ckpt = base / "fsdp" / "checkpoint-3"
+    files = set(read_manifest(ckpt)["files"])
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "rng_state_0.pth", "rng_state_1.pth",
+            "scheduler.pt", "trainer_state.json"} <= files
+    assert not files & {"model.safetensors", "optimizer.pt"}  # sharded instead
+    assert files | {"manifest.json"} == {p.name for p in ckpt.iterdir()}
+    assert verify(ckpt) == []
+    assert not [p for p in (base / "fsdp").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_kill_and_resume_with_the_same_processes_is_exact(runs, resumed):
+    base, *_ = resumed
+    assert sorted(p.name for p in (base / "killed").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6",
+                                                                            "checkpoint-8"]
+    whole = result(base / "fsdp", "fsdp", 0)
+    for rank in (0, 1):
+        again = result(base / "killed", "killed", rank)
+        assert again["resumed"]["step"] == 3
+        assert [x for x in losses(again) if x[0] > 3] == [x for x in losses(whole) if x[0] > 3]
+        if rank == 0:  # the gathered weights: on the main process
+            for name, value in arrays(again["weights"]).items():
+                np.testing.assert_array_equal(value, arrays(whole["weights"])[name])
+
+
+@pytest.mark.parametrize(("run", "source", "saved_by"), [("from2", "fsdp", 2), ("from1", "one", 1)])
+def test_resume_with_another_number_of_processes_reshards(resumed, run, source, saved_by):
+    base, one_output, two_output = resumed
+    saved = result(base / source, source, 0)["saved"]["3"]
+    got = result(base / run, run, 0)
+    assert got["world_size"] == 3 - saved_by
+    assert got["resumed"]["step"] == 3
+    # the weights and the optimizer state are those of the checkpoint, whatever the sharding
+    for key in ("weights", "optimizer"):
+        want = arrays(saved[key])
+        assert set(arrays(got["resumed"][key])) == set(want)
+        for name, value in arrays(got["resumed"][key]).items():
+            np.testing.assert_array_equal(value, want[name])
+    after = [(s, v) for s, v in losses(got) if s > 3]  # the history up to step 3 is the checkpoint's
+    assert [s for s, _ in after] == list(range(4, 9)) and all(np.isfinite(v) for _, v in after)
+    output = one_output if run == "from2" else two_output
+    assert f"world_size: {saved_by} in the checkpoint, {3 - saved_by} now (fsdp: the model and optimizer " \
+           "state are resharded" in output
+
+
+def test_a_tampered_shard_index_is_refused(runs, tmp_path):
+    base, _ = runs
+    ckpt = tmp_path / "checkpoint-3"
+    shutil.copytree(base / "fsdp" / "checkpoint-3", ckpt)
+    manifest = read_manifest(ckpt)
+    # the real index unpickles with the restricted unpickler ...
+    meta = MetadataUnpickler(io.BytesIO((ckpt / ".metadata").read_bytes())).load()
+    assert "model.net.0.weight" in meta.state_dict_metadata
+    # ... a pickle that calls anything else does not
+    with pytest.raises(pickle.UnpicklingError, match="posix.system is not allowed"):
+        MetadataUnpickler(io.BytesIO(pickle.dumps(os.system))).load()
+    # and a modified .metadata is refused before anything is read from it
+    (ckpt / ".metadata").write_bytes(pickle.dumps(os.system))
+    with pytest.raises(CheckpointError, match="differs from the manifest|bytes, the manifest says"):
+        load_sharded(ckpt, manifest, torch.nn.Linear(2, 2))
 
 
 # ---- settings that cannot work: refused when the arguments or the Trainer are built ----------

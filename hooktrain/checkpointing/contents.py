@@ -99,21 +99,24 @@ def take_snapshot(
     safetensors: bool = True,
     buffers: HostBuffers | None = None,
     defer: bool = False,
+    sharded: Callable[[Path], None] | None = None,
 ) -> Snapshot:
     """A consistent copy of the checkpoint of *step* for this process, in host memory it owns.
 
     With *defer*, CPU parameters and optimizer state are copied later by :meth:`Snapshot.make_owned`
     (on the worker), which must happen before the optimizer's next step. *rng* (from
-    :func:`~.tensors.capture_rng_state`) is needed unless *save_only_model*.
+    :func:`~.tensors.capture_rng_state`) is needed unless *save_only_model*. *sharded* writes the
+    model's and optimizer's state as DCP files instead (:mod:`.sharded`), at persist time.
     """
     stager = Stager(buffers if buffers is not None else HostBuffers(), defer=defer)
     files: dict[str, Callable[[Any], None]] = {}
     if not save_only_model:
         files[rng_name(world_size, rank)] = partial(_torch_save, value=rng)
     if writer:
-        files.update(weights_files(model, safetensors, stager.stage))
+        if sharded is None:
+            files.update(weights_files(model, safetensors, stager.stage))
         if not save_only_model:
-            if optimizer is not None:
+            if optimizer is not None and sharded is None:
                 opt_state = copy_tree(optimizer.state_dict(), ("optimizer",),
                                       lambda t, key: stager.stage(t, key, True))
                 files[OPTIMIZER_NAME] = partial(_torch_save, value=opt_state)
@@ -134,7 +137,7 @@ def take_snapshot(
         out=out, step=step, epoch=epoch, world_size=world_size, writer=writer,
         save_only_model=save_only_model, files=files, nbytes=stager.nbytes,
         estimated_bytes=stager.nbytes + small + 64 * 1024, stager=stager if stager.deferred else None,
-        cuda_event=event,
+        cuda_event=event, sharded=sharded,
     )
     if snapshot.stager is None and event is None:
         snapshot.copied.set()

@@ -24,6 +24,7 @@ from hooktrain.checkpointing.format import (
     rng_name,
     verify,
 )
+from hooktrain.checkpointing.sharded import check_shard_sizes, is_sharded_checkpoint
 from hooktrain.checkpointing.tensors import load_tensor_file, state_dict_from_weights, torch_load
 from hooktrain.core.errors import CheckpointError, CheckpointSettingError
 
@@ -51,11 +52,17 @@ def read_checkpoint(path: Path, world_size: int = 1, rank: int = 0, needs_optimi
             return None
         return file, read_checked(file, files[name])
 
-    loaded: dict[str, Any] = {"manifest": manifest}
-    weights = WEIGHTS_NAME if WEIGHTS_NAME in files else WEIGHTS_BIN_NAME
-    file, data = read(weights)  # type: ignore[misc]
-    loaded["weights"] = load_tensor_file(file, lambda: state_dict_from_weights(data, weights))
+    loaded: dict[str, Any] = {"manifest": manifest, "sharded": is_sharded_checkpoint(manifest)}
+    if loaded["sharded"]:  # model and optimizer: DCP files, checked and loaded by .sharded
+        check_shard_sizes(path, files)
+        loaded["weights"] = loaded["optimizer"] = None
+    else:
+        weights = WEIGHTS_NAME if WEIGHTS_NAME in files else WEIGHTS_BIN_NAME
+        file, data = read(weights)  # type: ignore[misc]
+        loaded["weights"] = load_tensor_file(file, lambda: state_dict_from_weights(data, weights))
     for key, name in (("optimizer", OPTIMIZER_NAME), ("scheduler", SCHEDULER_NAME), ("scaler", SCALER_NAME)):
+        if key == "optimizer" and loaded["sharded"]:
+            continue
         got = read(name, required=False)
         loaded[key] = torch_load(*got) if got else None
     loaded["rng"] = None
@@ -68,7 +75,7 @@ def read_checkpoint(path: Path, world_size: int = 1, rank: int = 0, needs_optimi
             loaded[key] = json.loads(got[1]) if got else None
         except ValueError as exc:
             raise CheckpointError(f"{path / name}: invalid JSON ({exc})") from exc
-    if needs_optimizer and loaded["optimizer"] is None:
+    if needs_optimizer and loaded["optimizer"] is None and not loaded["sharded"]:
         raise CheckpointError(f"{path / OPTIMIZER_NAME}: missing; the checkpoint cannot resume training")
     return loaded
 

@@ -142,6 +142,11 @@ def state_dict_from_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
 
 
 def apply_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: Path) -> None:
+    from hooktrain.checkpointing.sharded import is_sharded, load_full_weights
+
+    if is_sharded(model):  # FSDP: every process keeps its shard of the full weights
+        load_full_weights(model, state_dict, source)
+        return
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
@@ -162,6 +167,13 @@ def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike[str]
     Returns the file read.
     """
     directory = Path(directory)
+    if (directory / MANIFEST_NAME).is_file():
+        from hooktrain.checkpointing.sharded import is_sharded_checkpoint, load_sharded
+
+        manifest = read_manifest(directory)
+        if is_sharded_checkpoint(manifest):  # written under fsdp: DCP files, the model needs fsdp too
+            load_sharded(directory, manifest, model)
+            return directory
     path = _weights_file(directory)
     if (directory / MANIFEST_NAME).is_file():
         data = read_checked(path, read_manifest(directory)["files"].get(path.name))

@@ -31,6 +31,7 @@ from hooktrain.checkpointing.format import (
     temporary_name,
 )
 from hooktrain.checkpointing.integrity import HashingWriter, file_record, is_out_of_space
+from hooktrain.checkpointing.sharded import SHARD_RE
 from hooktrain.checkpointing.snapshot import Stager
 from hooktrain.checkpointing.storage import (
     free_bytes,
@@ -60,6 +61,7 @@ class Snapshot:
     stager: Stager | None = None  # copies left to the worker
     cuda_event: Any = None  # the non-blocking device-to-host copies are done when it is
     rotate_limit: int | None = None
+    sharded: Callable[[Path], None] | None = None  # writes this process's DCP shards (collective)
     protected: list[str] = field(default_factory=list)
     copied: threading.Event = field(default_factory=threading.Event)
 
@@ -159,6 +161,8 @@ def persist(snapshot: Snapshot, coordinator: Coordinator | None = None) -> Path:
     records: dict[str, Any] = {}
     if failure is None:
         try:
+            if snapshot.sharded is not None:
+                snapshot.sharded(tmp)
             for name, produce in snapshot.files.items():
                 w = HashingWriter(tmp / name)
                 writers.append(w)
@@ -171,8 +175,8 @@ def persist(snapshot: Snapshot, coordinator: Coordinator | None = None) -> Path:
         failure = failure or CheckpointError("another process failed to write its files")
     if failure is None and snapshot.writer:
         try:
-            for entry in sorted(tmp.iterdir()):  # the other processes' random-state files
-                if entry.name not in records and RNG_RE.match(entry.name):
+            for entry in sorted(tmp.iterdir()):  # the other processes' random-state and DCP files
+                if entry.name not in records and (RNG_RE.match(entry.name) or SHARD_RE.match(entry.name)):
                     records[entry.name] = file_record(entry)
             manifest = HashingWriter(tmp / MANIFEST_NAME)
             writers.append(manifest)

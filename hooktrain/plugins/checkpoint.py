@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from hooktrain.checkpointing.format import (
 )
 from hooktrain.checkpointing.integrity import HashingWriter
 from hooktrain.checkpointing.loading import find_resumable_checkpoint, newest_loadable, read_checkpoint
+from hooktrain.checkpointing.sharded import is_sharded, load_sharded, write_sharded
 from hooktrain.checkpointing.snapshot import HostBuffers
 from hooktrain.checkpointing.storage import (
     directory_bytes,
@@ -98,6 +100,12 @@ ARITHMETIC_FIELDS: dict[str, tuple[str, ...]] = {
         "warmup_ratio", "learning_rate_end", "power", "optim", "weight_decay",
     ),
 }
+#: What a resume of sharded (fsdp) state with another number of processes does (in its warning).
+RESHARDED = (
+    " (fsdp: the model and optimizer state are resharded to the new processes; global_step, the "
+    "schedule and the counters are kept; the data position is re-derived from global_step for the "
+    "new number of processes: the same epoch order, split anew, so some samples of this epoch may be "
+    "read twice or not at all; the random state of each process starts again from the seed)")
 
 
 def _is_writer(trainer: Any) -> bool:
@@ -232,6 +240,8 @@ class CheckpointStore:
         ending = state.stop_reason is not None or 0 < state.max_steps <= state.global_step
         if self.sync_next or not self._training or not args.save_async or ending:
             return False
+        if is_sharded(trainer.model):  # DCP's collectives run on the training thread: synchronous
+            return False
         needed = state_bytes(trainer.model, trainer.optimizer) - self._buffers.nbytes
         if needed > 0:
             available = available_memory()
@@ -267,6 +277,8 @@ class CheckpointStore:
             world_size=trainer.world_size, rank=trainer.process_index, writer=writer,
             save_only_model=args.save_only_model, safetensors=args.save_safetensors,
             buffers=self._buffers if background else HostBuffers(), defer=defer,
+            sharded=partial(write_sharded, model=trainer.model, optimizer=trainer.optimizer if full else None)
+            if is_sharded(trainer.model) else None,
         )
         snapshot.rotate_limit = args.save_total_limit
         snapshot.protected = protected
@@ -368,10 +380,13 @@ class CheckpointStore:
         current = json.loads(trainer.args.to_json())
         current["world_size"] = trainer.world_size
         diffs: dict[str, list[str]] = {"error": [], "warn": []}
+        resharding = loaded.get("sharded") and is_sharded(trainer.model)
         for level, names in ARITHMETIC_FIELDS.items():
             for name in names:
                 if name in saved and name in current and saved[name] != current[name]:
-                    diffs[level].append(f"{name}: {saved[name]!r} in the checkpoint, {current[name]!r} now")
+                    diffs["warn" if resharding and name == "world_size" else level].append(
+                        f"{name}: {saved[name]!r} in the checkpoint, {current[name]!r} now"
+                        + (RESHARDED if resharding and name == "world_size" else ""))
         if diffs["error"] and not trainer.args.ignore_data_skip:
             raise CheckpointError(
                 f"cannot resume from {path}: " + "; ".join(diffs["error"]) + ". These change which "
@@ -386,9 +401,16 @@ class CheckpointStore:
                 "one): %s", path, "; ".join(changed))
 
     def _apply(self, trainer: Any, path: Path, loaded: dict[str, Any]) -> None:
-        apply_weights(trainer.model, loaded["weights"], path)
+        if loaded.get("sharded"):  # DCP: resharded to this run's processes
+            load_sharded(path, loaded["manifest"], trainer.model, trainer.optimizer)
+        elif is_sharded(trainer.model) and trainer.optimizer is not None:
+            raise CheckpointError(
+                f"{path} was written without fsdp (its optimizer state is not sharded): resume it without "
+                "fsdp, or load its weights (hooktrain.checkpointing.load_model_weights) and start a new run")
+        else:
+            apply_weights(trainer.model, loaded["weights"], path)
         try:
-            if trainer.optimizer is not None:
+            if trainer.optimizer is not None and not loaded.get("sharded"):
                 trainer.optimizer.load_state_dict(loaded["optimizer"])
             if trainer.lr_scheduler is not None and loaded["scheduler"] is not None:
                 trainer.lr_scheduler.load_state_dict(loaded["scheduler"])

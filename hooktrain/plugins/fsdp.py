@@ -44,9 +44,7 @@ logger = logging.getLogger("hooktrain")
 __all__ = [
     "FsdpRun",
     "full_state_dict",
-    "is_sharded",
     "launched",
-    "load_full_state_dict",
     "local_bytes",
     "shard_model",
     "wrap_targets",
@@ -71,12 +69,6 @@ def _has_fsdp2() -> bool:
     except ImportError:
         return False
     return True
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether *model*'s parameters are ``DTensor`` shards (FSDP2 or another DTensor scheme)."""
-    param = next(iter(model.parameters()), None)
-    return param is not None and type(param).__name__ == "DTensor" and hasattr(param, "to_local")
 
 
 # ---- what becomes an FSDP unit -----------------------------------------------------------------
@@ -175,13 +167,6 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_full_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load unsharded weights (every process has them) into a sharded *model*: each keeps its shard."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(model, dict(state_dict), options=StateDictOptions(full_state_dict=True, strict=True))
 
 
 def write_consolidated(state_dict: Mapping[str, torch.Tensor], args: Any, output_dir: Path) -> None:

@@ -172,6 +172,10 @@ def check(a: Any, c: Checks) -> None:
         return
     for problem in fsdp_option_problems(a.fsdp) + fsdp_config_problems(a.fsdp_config or {}):
         c.problem(problem)
+    if c.ok("save_on_each_node") and getattr(a, "save_on_each_node", False):
+        c.problem(f"fsdp={a.fsdp!r} with save_on_each_node=True is not supported: a sharded checkpoint "
+                  "needs the shards of every process in one directory; put output_dir on a file system "
+                  "that every machine sees and drop save_on_each_node")
     if c.ok("torch_compile") and getattr(a, "torch_compile", False):
         c.problem(f"fsdp={a.fsdp!r} with torch_compile=True is not supported: compiling the whole "
                   "sharded model breaks its graph at every FSDP unit; drop torch_compile (or "
