@@ -61,15 +61,16 @@ def file_record(path: Path, algorithm: str = HASH) -> dict[str, Any]:
     return {"size": path.stat().st_size, algorithm: digest_file(path, algorithm)}
 
 
-def is_out_of_space(exc: BaseException | None) -> bool:
-    """Whether *exc*, or an exception it was raised from, says the disk (or a limit) is full."""
+def out_of_space(exc: BaseException | None) -> int | None:
+    """The errno (of :data:`NO_SPACE`) when *exc*, or an exception it was raised from, says the
+    disk, a quota or the file-size limit is full; else ``None``."""
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-            return True
+            return exc.errno
         exc = exc.__cause__ or exc.__context__
         seen += 1
-    return False
+    return None
 
 
 class HashingWriter:

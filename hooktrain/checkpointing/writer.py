@@ -10,6 +10,7 @@ before the main process renames: a checkpoint becomes visible only when all are 
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import threading
@@ -30,7 +31,7 @@ from hooktrain.checkpointing.format import (
     manifest_json,
     temporary_name,
 )
-from hooktrain.checkpointing.integrity import HashingWriter, file_record, is_out_of_space
+from hooktrain.checkpointing.integrity import HashingWriter, file_record, out_of_space
 from hooktrain.checkpointing.sharded import SHARD_RE
 from hooktrain.checkpointing.snapshot import Stager
 from hooktrain.checkpointing.storage import (
@@ -124,13 +125,14 @@ def _earlier(snapshot: Snapshot) -> str:
 def failure_message(snapshot: Snapshot, exc: BaseException, writers: list[HashingWriter]) -> str:
     """A message that says what failed, where, and what is left (call after the clean-up)."""
     final = snapshot.final
-    full = any(w.failure is not None and is_out_of_space(w.failure) for w in writers) or is_out_of_space(exc)
+    full = next((e for e in [*(out_of_space(w.failure) for w in writers), out_of_space(exc)] if e), None)
     if full:
         failed = next((w.path.name for w in writers if w.failure is not None), None)
         free = free_bytes(snapshot.out)
         free_text = f"{free:,} bytes are free" if free is not None else "the free space is unknown"
+        what = "file size limit reached (RLIMIT_FSIZE)" if full == errno.EFBIG else "disk full"
         return (
-            f"disk full: {final} could not be written{f' ({failed})' if failed else ''}: it needs about "
+            f"{what}: {final} could not be written{f' ({failed})' if failed else ''}: it needs about "
             f"{snapshot.estimated_bytes:,} bytes and {free_text} on the file system of {snapshot.out}; "
             f"its temporary directory was removed and {_earlier(snapshot)}. Free some space (or lower "
             "save_total_limit) and resume"
