@@ -4,7 +4,7 @@ Four launches of ``tests/dist_scripts/train_fsdp.py``, shared by the tests (each
 several runs one after the other in the same processes):
 
 1. 2 processes: DDP, then ``fsdp='full_shard'`` with checkpoints every 3 steps and
-   ``save_model()``, then the same with gradient checkpointing;
+   ``save_model()``, then the same with gradient checkpointing and ``load_best_model_at_end``;
 2. 2 processes: the fsdp run again, rank 1 SIGKILLs itself after step 5;
 3. 1 process: resume the checkpoint-3 of launch 1 (2 → 1), then a fresh one-process fsdp run;
 4. 2 processes: resume launch 2 (the same world size), then resume the checkpoint-3 of the
@@ -81,7 +81,7 @@ def runs(tmp_path_factory):
     launch = torchrun(2, [
         dict(name="ddp", out=str(base / "ddp"), **COMMON),
         dict(name="fsdp", out=str(base / "fsdp"), save_model=True, **SHARDED),
-        dict(name="gc", out=str(base / "gc"), fsdp="full_shard", gc=True, **COMMON),
+        dict(name="gc", out=str(base / "gc"), gc=True, best=True, **SHARDED),
     ])
     assert launch.returncode == 0, launch.stdout[-6000:]
     return base, launch.stdout
@@ -136,12 +136,17 @@ def test_each_process_holds_half_the_state(runs):
             assert 0.45 <= fsdp[key] / ddp[key] <= 0.55, (rank, key, fsdp[key], ddp[key])
 
 
-def test_gradient_checkpointing_composes_with_fsdp(runs):
+def test_gradient_checkpointing_and_the_best_model_compose_with_fsdp(runs):
     base, _ = runs
     fsdp, gc = result(base / "fsdp", "fsdp", 0), result(base / "gc", "gc", 0)
-    assert losses(gc) == losses(fsdp)
-    for name, value in arrays(gc["weights"]).items():
+    assert losses(gc) == losses(fsdp)  # the checkpointed blocks compute the same gradients
+    for name, value in arrays(gc["saved"]["8"]["weights"]).items():
         np.testing.assert_array_equal(value, arrays(fsdp["weights"])[name])
+    # load_best_model_at_end read the best sharded checkpoint back into the sharded model
+    best = gc["best_global_step"]
+    assert best in (3, 6)  # not the last step: the loaded weights differ from the final ones
+    for name, value in arrays(gc["weights"]).items():
+        np.testing.assert_array_equal(value, arrays(gc["saved"][str(best)]["weights"])[name])
 
 
 def test_save_model_writes_consolidated_weights(runs):

@@ -6,7 +6,8 @@ The JSON is a list of runs, trained one after the other in the same processes (o
 process group). Each run: ``name``, ``out`` output dir, ``fsdp`` (option string; empty = DDP),
 ``steps``, ``save_steps`` (0 = none), ``resume`` (True or a checkpoint path), ``kill_at`` (rank
 ``fault_rank``, default 1, SIGKILLs itself after that step), ``gc`` (gradient checkpointing),
-``save_model`` (write and check the consolidated weights).
+``save_model`` (write and check the consolidated weights), ``best`` (evaluate at every save and
+``load_best_model_at_end`` on the eval loss).
 
 Each process writes ``<out>/result_<name>_rank<R>.json``: the log history, the full weights at
 the end, at every save and right after a resume (gathered), the optimizer's full state at the same
@@ -120,7 +121,9 @@ def train(cfg: dict) -> None:
         per_device_eval_batch_size=2,  # 13 samples: 4 batches on rank 0, 3 on rank 1
         gradient_accumulation_steps=cfg.get("ga", 1), max_steps=cfg.get("steps", 8),
         learning_rate=0.02, max_grad_norm=cfg.get("max_grad_norm", 0.5), logging_steps=1, seed=7,
-        eval_strategy="steps" if cfg.get("eval") else "no", eval_steps=cfg.get("steps", 8),
+        eval_strategy="steps" if cfg.get("eval") else "no",
+        eval_steps=save_steps if cfg.get("best") else cfg.get("steps", 8),
+        load_best_model_at_end=bool(cfg.get("best")), metric_for_best_model="loss" if cfg.get("best") else None,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         report_to="none", disable_tqdm=True, ddp_timeout=60, use_cpu=True,
         overwrite_output_dir=not cfg.get("resume"), fsdp=cfg.get("fsdp", ""),
@@ -141,6 +144,7 @@ def train(cfg: dict) -> None:
         "weights": _gathered(trainer),
         "saved": probe.saved,
         "resumed": probe.resumed,
+        "best_global_step": trainer.state.best_global_step,
         "param_bytes": local_bytes(trainer.model.parameters()),
         "grad_bytes": probe.grad_bytes,
         "optim_bytes": probe.optim_bytes,
