@@ -118,6 +118,8 @@ else:  # pragma: no cover - type checkers read the branch above
 def config_group(cls: _T) -> _T:
     """Make *cls* a dataclass of settings that ``TrainingArguments`` is composed from."""
     # only the fields matter: __init__, __repr__ and __eq__ are made once, for TrainingArguments
+    if cls.__doc__ is None:  # else dataclass() builds one with inspect.signature (slow to import)
+        cls.__doc__ = f"Settings declared in {cls.__module__}."
     out: Any = dataclass(init=False, repr=False, eq=False)(cls)
     setattr(out, _GROUP_MARK, True)
     return typing.cast("_T", out)
