@@ -90,6 +90,13 @@ def cmd_train(argv: Sequence[str]) -> int:
 
     trainer = Trainer(args=args, **build(args))
     result = trainer.train()  # resumes when args.resume_from_checkpoint says so ("true" = newest)
+    if result.status == "interrupted":  # e.g. preempted: its checkpoint is written; exit for a requeue
+        from hooktrain.core.interrupts import EXIT_INTERRUPTED
+
+        if trainer.is_world_process_zero:
+            print(f"interrupted at step {result.global_step} ({trainer.state.stop_reason}); resume with "
+                  f"--resume_from_checkpoint true; exit status {EXIT_INTERRUPTED}", flush=True)
+        return EXIT_INTERRUPTED
     trainer.save_model()
     trainer.save_state()
     print_summary(trainer, result)

@@ -116,6 +116,8 @@ DEFAULTS = {
     "early_stopping_check_finite": (True, "early_stopping"),
     "early_stopping_stopping_threshold": (None, "early_stopping"),
     "early_stopping_divergence_threshold": (None, "early_stopping"),
+    "preemption_signals": (["SIGTERM"], "preemption"),
+    "resume_tracker_runs": (True, "preemption"),
     "fsdp": ([], "fsdp"),
     "fsdp_config": (None, "fsdp"),
     "ddp_backend": (None, "distributed"),

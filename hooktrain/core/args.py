@@ -352,6 +352,7 @@ if typing.TYPE_CHECKING:  # what type checkers see; at run time the class is com
     from hooktrain.plugins.gradient_checkpointing_args import GradientCheckpointingArguments
     from hooktrain.plugins.optimizers_args import OptimizersArguments
     from hooktrain.plugins.precision_args import PrecisionArguments
+    from hooktrain.plugins.preemption_args import PreemptionArguments
     from hooktrain.plugins.progress_args import ProgressArguments
     from hooktrain.plugins.reporting_args import ReportingArguments
     from hooktrain.plugins.schedulers_args import SchedulersArguments
@@ -360,7 +361,8 @@ if typing.TYPE_CHECKING:  # what type checkers see; at run time the class is com
 
     @dataclass
     class TrainingArguments(  # noqa: D101 -- a test checks these bases against GROUPS
-        DistributedArguments, FsdpArguments, ThroughputArguments, EarlyStoppingArguments, BestModelArguments,
+        DistributedArguments, FsdpArguments, PreemptionArguments, ThroughputArguments, EarlyStoppingArguments,
+        BestModelArguments,
         CheckpointArguments, ReportingArguments, ProgressArguments, CompileArguments, GradientCheckpointingArguments,
         PrecisionArguments, SchedulersArguments, OptimizersArguments, TrainingStepArguments,
         CoreArguments, _ArgumentsBehaviour,

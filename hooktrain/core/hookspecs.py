@@ -46,6 +46,7 @@ __all__ = [
     "on_epoch_end",
     "on_train_end",
     "on_exception",
+    "on_interrupt",
     "extra_logs",
     "protected_checkpoints",
     "plugin_state",
@@ -225,14 +226,15 @@ def on_train_end(
     trainer: Trainer,
     args: TrainingArguments,
     state: TrainerState,
-    status: Literal["completed", "stopped", "failed"],
+    status: Literal["completed", "stopped", "interrupted", "failed"],
 ) -> None:
     """Training ended; every implementation runs even if one raises (then ``train()`` raises the first error).
 
     :param trainer: the Trainer.
     :param args: the run's arguments.
     :param state: the run's state.
-    :param status: ``"completed"``, ``"stopped"`` (a plugin or Ctrl-C stopped it) or ``"failed"``.
+    :param status: ``"completed"``, ``"stopped"`` (a plugin or Ctrl-C stopped it), ``"interrupted"``
+        (``request_interrupt``: see ``on_interrupt``) or ``"failed"``.
     """
 
 
@@ -247,6 +249,22 @@ def on_exception(
     :param args: the run's arguments.
     :param state: the run's state.
     :param error: the exception (``KeyboardInterrupt`` included).
+    """
+
+
+@hookspec
+def on_interrupt(trainer: Trainer, args: TrainingArguments, state: TrainerState, reason: str) -> None:
+    """Training stopped at a check point after ``trainer.request_interrupt(reason)``; save what must
+    survive now (the preemption plugin writes its checkpoint here).
+
+    ``state`` is at the last completed optimizer step: a step in progress was dropped and an
+    evaluation in progress abandoned. ``state.stop_reason`` is *reason*; then the summary is
+    logged and ``on_train_end`` follows with the status ``"interrupted"``.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param reason: what the interrupt was requested for (e.g. ``"preempted by SIGTERM"``).
     """
 
 

@@ -471,9 +471,6 @@ class Trainer:
             self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """Write the weights (and ``training_args.json``) into *output_dir* (default ``args.output_dir``).
-
-        Every process calls it (the weights of a sharded model are gathered from all of them);
-        the main process writes.
-        """
+        """Write the weights (and ``training_args.json``) into *output_dir* (default ``args.output_dir``);
+        call it on every process (a sharded model is gathered from all), the main process writes."""
         self.plugin_manager.hook.save_model(trainer=self, output_dir=output_dir or self.args.output_dir)

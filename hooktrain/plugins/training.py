@@ -157,7 +157,9 @@ def evaluation_loop(trainer, model, dataloader):
     loss_sum, loss_count, samples = 0.0, 0, 0
     predictions: list[torch.Tensor] = []
     labels: dict[str, list[torch.Tensor]] = {name: [] for name in label_names}
+    check_interrupt = trainer.check_interrupt  # an interrupt abandons the evaluation (core/interrupts)
     for batch in iterate_batches(dataloader):
+        check_interrupt()
         batch = to_device(batch, trainer.device)
         loss, outputs = trainer.compute_loss(model, batch)
         size = _batch_size(batch)
