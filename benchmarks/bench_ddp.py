@@ -1,6 +1,6 @@
 """Data-parallel scaling: training samples/s of 1 process against 2 processes (torchrun, gloo, CPU).
 
-Workload: the W2 model of perf.md (MLP 512→2048→2048→10, 5.27 M parameters), synthetic data,
+Workload W2: MLP 512→2048→2048→10 (5.27 M parameters), synthetic data,
 per-device batch 512 (compute-bound: the 21 MB gradient all-reduce, ~18 ms on this machine, is
 small next to the ~190 ms forward/backward of 512 samples), AdamW, no clipping, no logging, no checkpoints, fp32, and
 ``OMP_NUM_THREADS=1`` in every process, so 2 processes use the 2 cores of this machine.

@@ -1,6 +1,6 @@
 """Per-step overhead of hooktrain's loop against a hand-written PyTorch loop (same run, paired).
 
-Workload (perf.md W1): MLP 64→256→256→10, 8192 synthetic samples, batch 32, 256 optimizer steps,
+Workload W1: MLP 64→256→256→10, 8192 synthetic samples, batch 32, 256 optimizer steps,
 AdamW(lr 1e-3) + linear schedule with ceil(10%) warm-up, no clipping, one thread, fp32, CPU.
 hooktrain: save_strategy="no", report_to="none", disable_tqdm=True, max_grad_norm=0.
 Both loops shuffle with their own seeded generator and stack dict items per key.

@@ -378,7 +378,7 @@ def test_nonfinite_losses_are_counted_and_filtered(tmp_path):
 
 # ---- schedules ------------------------------------------------------------------------------
 
-HF_REFERENCE = {  # hf_trainer.md §4, N=10, W=2, base lr 1.0: the LR used at steps 0..9
+HF_REFERENCE = {  # transformers' get_scheduler, N=10, W=2, base lr 1.0: the LR used at steps 0..9
     "linear": ({}, None, [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]),
     "cosine": ({}, None, [0.0, 0.5, 1.0, 0.9619, 0.8536, 0.6913, 0.5, 0.3087, 0.1464, 0.0381]),
     "cosine_with_restarts": (
