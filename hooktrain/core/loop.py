@@ -23,6 +23,7 @@ from hooktrain.core.data import (
 )
 from hooktrain.core.errors import ArgumentError
 from hooktrain.core.grads import grad_clearer
+from hooktrain.core.interrupts import Interruptible, TrainingInterrupted
 from hooktrain.core.losses import LossWindow
 from hooktrain.core.manager import PluginManager, build_manager
 from hooktrain.core.plan import StepPlan
@@ -49,9 +50,10 @@ class TrainOutput(NamedTuple):
     global_step: int
     training_loss: float
     metrics: dict[str, float]
+    status: str = "completed"  # or "stopped" (should_stop, Ctrl-C) or "interrupted" (request_interrupt)
 
 
-class Trainer:
+class Trainer(Interruptible):
     """Train ``model`` on ``train_dataset`` as configured by ``args``; see docs/index.md."""
 
     # ---- what plugins set, in ``configure`` (the defaults are one process, no wrapper) --------
@@ -219,6 +221,9 @@ class Trainer:
                 self._epochs(loader, plan)
                 self._maybe_save(None, "train_end")
                 status = "stopped" if state.stop_reason else "completed"
+            except TrainingInterrupted as stop:  # a step in progress is dropped, an evaluation abandoned
+                state.stop_reason, status = stop.reason, "interrupted"
+                hook.on_interrupt(trainer=self, args=args, state=state, reason=stop.reason)
             except KeyboardInterrupt as error:
                 pm.call_each("on_exception", isolate=True, trainer=self, args=args, state=state, error=error)
                 state.stop_reason = "interrupted (KeyboardInterrupt)"
@@ -228,11 +233,13 @@ class Trainer:
         except BaseException as error:
             pm.call_each("on_exception", isolate=True, trainer=self, args=args, state=state, error=error)
             pm.call_each("on_train_end", isolate=True, trainer=self, args=args, state=state, status="failed")
+            self.interrupt_reason = None
             raise
         errors = pm.call_each("on_train_end", isolate=True, trainer=self, args=args, state=state, status=status)
+        self.interrupt_reason = None  # the handlers are put back by now: evaluate() may follow
         if errors:  # every plugin has finished its end of run; now the first failure surfaces
             raise errors[0]
-        return TrainOutput(state.global_step, metrics["train_loss"], metrics)
+        return TrainOutput(state.global_step, metrics["train_loss"], metrics, status)
 
     def _step_hooks(self) -> dict[str, Callable[..., Any]]:
         """The callers of :data:`STEP_HOOKS`, rebuilt when plugins were (un)registered since."""
@@ -291,6 +298,7 @@ class Trainer:
                 if pm.changes != built:
                     start = update
                     break  # a plugin was (un)registered: bind the hooks again, then make this step
+                self.check_interrupt()
                 window = last_window if update == steps - 1 else ga
                 if window == 1:
                     batch = next(batches, None)
@@ -342,6 +350,7 @@ class Trainer:
         call, model, n = self._call, self.model_wrapped, len(micro)
         losses = []
         for i, batch in enumerate(micro):
+            self.check_interrupt()  # between micro-batches: an interrupt drops the step
             if self.device.type != "cpu":
                 batch = to_device(batch, self.device)
             # gradients are all-reduced (DDP) only on the last micro-batch of the window
