@@ -1,25 +1,33 @@
-"""What reporting to TensorBoard costs a training step: hooktrain against a raw loop (same run, paired).
+"""What reporting to TensorBoard costs: hooktrain against a raw loop (same run, paired).
 
 Workload: benchmarks/bench_loop.py's (MLP 64→256→256→10, 8192 samples, batch 32, 256 steps,
 AdamW + linear warm-up schedule, one thread, fp32, CPU), with a log event after every step.
 
 * raw: bench_loop's hand-written loop that also measures the gradient norm and writes the
   scalars hooktrain logs (``train/loss``, ``train/grad_norm``, ``train/learning_rate``,
-  ``train/epoch``) with its own ``SummaryWriter.add_scalar``, on the training thread.
-* hooktrain: ``report_to=["tensorboard"]``, ``logging_steps=1``: the reporting bridge hands each
+  ``train/epoch``) with its own ``SummaryWriter.add_scalar``, on the training thread, then
+  closes the writer.
+* hooktrain: ``report_to=["tensorboard"]``, ``logging_steps=1``: the reporting plugin hands each
   log event to the TensorBoard reporter's worker thread. Measured with the console log line
   (the default) and with the ``progress`` plugin disabled (the raw loop prints nothing).
 * hooktrain without reporters (``report_to="none"``, ``logging_steps=1``), to isolate what the
-  reporting adds per log event on the training thread.
+  reporting adds.
 
-Per-step time = median gap between consecutive optimizer-step ends (steps 21…N). Repetitions
-interleave the variants; a ratio is the median of the per-repetition ratios. The training
-thread's cost per log event is reported two ways: the time spent inside the bridge's
-``on_log`` (timed around that one hook implementation), and the per-step difference between
-reporting to TensorBoard and reporting nowhere (which also counts the worker thread's
+Two measures of every run:
+
+* per step: the median gap between consecutive optimizer-step ends (steps 21…N);
+* whole run: raw, from creating the ``SummaryWriter`` to the end of ``close()``; hooktrain, the
+  whole ``trainer.train()`` call, which includes the optimizer and scheduler set-up, the
+  reporter's start (creating its writer, logging the config) and its end (flushing and closing
+  the writer, waiting for its thread). Model and data are built before either clock starts.
+
+Repetitions interleave the variants; a ratio is the median of the per-repetition ratios. The
+training thread's cost per log event is reported two ways: the time spent inside the reporting
+plugin's ``on_log`` (timed around that one hook implementation), and the per-step difference
+between reporting to TensorBoard and reporting nowhere (which also counts the worker thread's
 competition for the interpreter lock).
 
-    python benchmarks/bench_reporting.py [--pairs 7]
+    python benchmarks/bench_reporting.py [--pairs 15]
 """
 
 from __future__ import annotations
@@ -38,16 +46,18 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_loop  # noqa: E402
-from bench_loop import STEPS, Data, per_step  # noqa: E402
+from bench_loop import BATCH, STEPS, Data, per_step  # noqa: E402
 
 
-def raw_loop_with_writer(data) -> list[float]:
-    """bench_loop.raw_loop, plus the gradient norm and four add_scalar calls per step."""
+def raw_loop_with_writer(data) -> tuple[list[float], float]:
+    """bench_loop.raw_loop, plus the gradient norm and four add_scalar calls per step: the step-end
+    stamps and the seconds from creating the writer to the end of its close()."""
     from torch.utils.tensorboard import SummaryWriter
 
     model, opt, sched, loader = bench_loop.w1_parts(data)
     stamps = []
     with tempfile.TemporaryDirectory() as logdir:
+        begin = time.perf_counter()
         writer = SummaryWriter(log_dir=logdir)
         model.train()
         for step, batch in enumerate(loader, start=1):
@@ -64,21 +74,42 @@ def raw_loop_with_writer(data) -> list[float]:
             writer.add_scalar("train/epoch", round(step / len(loader), 4), step)
             stamps.append(time.perf_counter())
         writer.close()
-    return stamps
+        whole = time.perf_counter() - begin
+    return stamps, whole
 
 
-def hooktrain_loop(data, report_to: str, console: bool = True, on_log_times: list[float] | None = None):
-    """bench_loop.hooktrain_loop with a log event every step (optionally timing the bridge's on_log)."""
-    with contextlib.redirect_stderr(io.StringIO()):  # the console lines still get formatted
-        return bench_loop.hooktrain_loop(
-            data, report_to=report_to, logging_steps=1, run_name="bench",
+def hooktrain_loop(data, report_to: str, console: bool = True,
+                   on_log_times: list[float] | None = None) -> tuple[list[float], float]:
+    """W1 with hooktrain and a log event every step: the step-end stamps and the seconds of the
+    whole ``train()`` call (optionally timing the reporting plugin's on_log)."""
+    from hooktrain import Trainer, TrainingArguments, hookimpl
+
+    stamps: list[float] = []
+
+    class Stamp:
+        @hookimpl
+        def on_step_end(self):
+            stamps.append(time.perf_counter())
+
+    torch.manual_seed(1234)
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stderr(io.StringIO()):
+        args = TrainingArguments(
+            output_dir=out, save_strategy="no", report_to=report_to, disable_tqdm=True, max_grad_norm=0.0,
+            num_train_epochs=1, per_device_train_batch_size=BATCH, learning_rate=1e-3, optim="adamw_torch",
+            lr_scheduler_type="linear", warmup_ratio=0.1, logging_steps=1, seed=1234, run_name="bench",
             disable_plugins=[] if console else ["progress"],
-            before_train=(lambda t: _time_bridge_on_log(t, on_log_times)) if on_log_times is not None else None,
         )
+        trainer = Trainer(bench_loop.MLP(), args, train_dataset=data, plugins=[Stamp()])
+        if on_log_times is not None:
+            _time_bridge_on_log(trainer, on_log_times)
+        begin = time.perf_counter()
+        trainer.train()  # the console lines still get formatted (into the StringIO)
+        whole = time.perf_counter() - begin
+    return stamps, whole
 
 
 def _time_bridge_on_log(trainer, times: list[float]) -> None:
-    """Wrap the reporting bridge's on_log implementation with a timer (benchmark instrumentation)."""
+    """Wrap the reporting plugin's on_log implementation with a timer (benchmark instrumentation)."""
     bridge = trainer.plugin_manager.get_plugin("reporting.bridge")
     for impl in trainer.plugin_manager.hook.on_log.get_hookimpls():
         if impl.plugin is bridge:
@@ -96,7 +127,7 @@ def _time_bridge_on_log(trainer, times: list[float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--pairs", type=int, default=15)
     opts = parser.parse_args()
     torch.set_num_threads(1)
     data = Data()
@@ -110,37 +141,50 @@ def main() -> None:
     for run in variants.values():  # warm-up: lazy imports, allocator
         run()
     ms: dict[str, list[float]] = {name: [] for name in variants}
+    whole: dict[str, list[float]] = {name: [] for name in variants}
     on_log: list[float] = []
-    for _ in range(opts.pairs):
-        for name, run in variants.items():
-            ms[name].append(per_step(run()) * 1e3)
+    for i in range(opts.pairs):
+        names = list(variants) if i % 2 == 0 else list(reversed(variants))  # neither order favoured
+        for name in names:
+            stamps, seconds = variants[name]()
+            ms[name].append(per_step(stamps) * 1e3)
+            whole[name].append(seconds)
         hooktrain_loop(data, "tensorboard", console=False, on_log_times=on_log)
 
-    raw = ms["raw loop + SummaryWriter"]
-
-    def ratio(name: str, base: list[float]) -> tuple[float, float, float]:
-        r = [a / b for a, b in zip(ms[name], base, strict=True)]
-        return statistics.median(r), min(r), max(r)
-
+    raw = raw_name(ms)
     print(f"{opts.pairs} interleaved repetitions, {STEPS} steps each, a log event every step, "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs\n")
-    print("| variant | ms/step (median) | min | max | ratio to raw (median of pairs) |")
-    print("|---|---|---|---|---|")
-    for name, values in ms.items():
-        med, lo, hi = ratio(name, raw)
-        rtext = "1" if name == raw_name(ms) else f"**{med:.3f}** ({lo:.3f}–{hi:.3f})"
-        print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} | {rtext} |")
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average at the end: {_load()}\n")
+    for title, values, unit, scale in (("per step", ms, "ms/step", 1.0), ("whole run", whole, "s", 1.0)):
+        print(f"{title}:\n")
+        print(f"| variant | {unit} (median) | min | max | ratio to raw (median of pairs) |")
+        print("|---|---|---|---|---|")
+        for name, series in values.items():
+            r = [a / b for a, b in zip(series, values[raw], strict=True)]
+            rtext = "1" if name == raw else f"**{statistics.median(r):.3f}** ({min(r):.3f}–{max(r):.3f})"
+            print(f"| {name} | {statistics.median(series) * scale:.3f} | {min(series) * scale:.3f} | "
+                  f"{max(series) * scale:.3f} | {rtext} |")
+        print()
 
     added = [a - b for a, b in zip(ms["hooktrain, tensorboard, no console line"],
                                    ms["hooktrain, no reporter, no console line"], strict=True)]
-    print("\nTraining thread's cost per log event (reporting to TensorBoard):\n")
+    added_whole = [a - b for a, b in zip(whole["hooktrain, tensorboard, no console line"],
+                                         whole["hooktrain, no reporter, no console line"], strict=True)]
+    print("Training thread's cost per log event (reporting to TensorBoard):\n")
     print("| measure | median | p90 |")
     print("|---|---|---|")
     on_log_us = sorted(t * 1e6 for t in on_log)
     p90 = on_log_us[int(0.9 * (len(on_log_us) - 1))]
-    print(f"| inside the bridge's on_log (n={len(on_log_us)}) | {statistics.median(on_log_us):.1f} µs | "
+    print(f"| inside the reporting plugin's on_log (n={len(on_log_us)}) | {statistics.median(on_log_us):.1f} µs | "
           f"{p90:.1f} µs |")
     print(f"| step time, tensorboard − no reporter (paired) | {statistics.median(added) * 1e3:.1f} µs | – |")
+    print(f"| whole run, tensorboard − no reporter (paired) | {statistics.median(added_whole) * 1e3:.1f} ms | – |")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def raw_name(ms: dict[str, list[float]]) -> str:

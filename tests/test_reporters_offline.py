@@ -113,7 +113,8 @@ def test_modules_register_reporter_names_through_pluggy(tmp_path):
     assert isinstance(reporter, Reporter)
     assert not [name for name in dir(reporter) if pm.parse_hookimpl_opts(reporter, name) is not None]
     calls, problems = reporter_calls(reporter, "tensorboard")
-    assert sorted(calls) == ["report_run_end", "report_run_start", "report_scalars"] and not problems
+    assert sorted(calls) == ["report_flush", "report_run_end", "report_run_start", "report_scalars"]
+    assert not problems
 
 
 def test_importing_reporter_modules_imports_no_tracker():
@@ -164,10 +165,14 @@ for module, cls in ((wandb, "WandbReporter"), (mlflow, "MlflowReporter"),
 
 
 @pytest.mark.parametrize(
-    ("status", "tb_status"), [("completed", "STATUS_SUCCESS"), ("failed", "STATUS_FAILURE")]
+    ("status", "tb_status", "crc"),
+    [("completed", "STATUS_SUCCESS", "google_crc32c"), ("failed", "STATUS_FAILURE", "pure Python")],
 )
-def test_tensorboard_roundtrip(chdir_tmp, monkeypatch, status, tb_status):
+def test_tensorboard_roundtrip(chdir_tmp, monkeypatch, status, tb_status, crc):
+    """Also with tensorboard's pure-Python checksums (google_crc32c missing): the reader checks them."""
     monkeypatch.delenv(tensorboard.LOGDIR_ENV, raising=False)
+    if crc == "pure Python":
+        monkeypatch.setitem(sys.modules, "google_crc32c", None)
     args = make_args("out", "tb-run", "tensorboard")
     config = args.to_dict()
     reporter = tensorboard.TensorBoardReporter(args)
