@@ -185,6 +185,23 @@ def test_a_callback_drives_every_control_flag_as_in_hf(tmp_path):
     assert_same_events(rec_mine, rec_hf)
 
 
+class LogsOnly(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_log(self, args, state, control, logs, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_a_callback_of_one_event_changes_nothing_else(tmp_path):
+    """The other events are TrainerCallback's no-ops and are skipped; the schedule is the arguments'."""
+    callback = LogsOnly()
+    trainer = ours(tmp_path, [callback], max_steps=6, logging_steps=2)
+    trainer.train()
+    assert trainer.state.global_step == 6 and trainer.state.stop_reason is None
+    assert callback.steps == [e["step"] for e in trainer.state.log_history] == [2, 4, 6, 6]
+
+
 def test_args_are_hf_training_arguments_with_our_values(tmp_path):
     trainer = ours(tmp_path, [Recorder()], report_to=["tensorboard", "mlflow"], eval_strategy="epoch",
                    save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="accuracy",

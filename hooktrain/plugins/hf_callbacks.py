@@ -55,12 +55,19 @@ TRACKER_CALLBACKS = {
 #: Callbacks that print every log, as hooktrain's progress plugin does.
 PRINTING_CALLBACKS = ("PrinterCallback", "ProgressCallback", "NotebookProgressCallback")
 
-#: ``TrainerState`` fields copied from hooktrain's state before every event.
+#: ``TrainerState`` fields copied from hooktrain's state before every event …
 _STATE_FIELDS = (
     "epoch", "global_step", "max_steps", "logging_steps", "eval_steps", "train_batch_size",
     "num_train_epochs", "num_input_tokens_seen", "total_flos", "log_history", "best_metric",
     "best_global_step", "best_model_checkpoint", "is_local_process_zero", "is_world_process_zero",
 )
+#: … and the ones that change between the per-step events (the best after an evaluation).
+_STEP_FIELDS = ("epoch", "global_step", "num_input_tokens_seen", "total_flos", "best_metric",
+                "best_global_step", "best_model_checkpoint")
+_STEP_EVENTS = frozenset({"on_step_begin", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step",
+                          "on_step_end", "on_prediction_step"})
+#: the events of Hugging Face's DefaultFlowCallback, which runs before the others
+_FLOW_EVENTS = frozenset({"on_step_end", "on_epoch_end"})
 #: hooktrain fields that Hugging Face's v4 ``TrainingArguments`` had (v5 removed them): kept on
 #: ``args`` so that older callbacks reading them work.
 _V4_FIELDS = ("logging_dir", "overwrite_output_dir", "save_safetensors", "warmup_ratio")
@@ -198,18 +205,67 @@ class _PredictionSteps:
 
 
 class _Substeps:
-    """``on_substep_end`` after each micro-batch of a window but the last (gradient accumulation)."""
+    """``on_substep_end`` after each micro-batch of a window but the last (gradient accumulation).
+
+    Registered only while a callback implements ``on_substep_end``.
+    """
 
     def __init__(self, adapter: HFCallbackAdapter):
         self.adapter = adapter
+        self.micro_batches = 0
+
+    @hookimpl
+    def on_step_begin(self):
+        self.micro_batches = 0
 
     @hookimpl(wrapper=True)
     def training_step(self):
-        adapter = self.adapter
-        if adapter.micro_batches:  # the previous micro-batch's backward is done
-            adapter.fire("on_substep_end")
-        adapter.micro_batches += 1
+        if self.micro_batches:  # the previous micro-batch's backward is done
+            self.adapter.fire("on_substep_end")
+        self.micro_batches += 1
         return (yield)
+
+
+class _OptimizerEvents:
+    """``on_pre_optimizer_step`` / ``on_optimizer_step`` right around ``optimizer.step()`` (after
+    clipping), through torch's optimizer step hooks; around the whole ``optimizer_step`` action for
+    an optimizer without them. Registered only while a callback implements one of the two.
+    """
+
+    def __init__(self, adapter: HFCallbackAdapter, optimizer: Any):
+        self.adapter = adapter
+        self.fired = 0
+        self.handles: list[Any] = []
+        if hasattr(optimizer, "register_step_pre_hook"):
+            self.handles = [optimizer.register_step_pre_hook(self._pre),
+                            optimizer.register_step_post_hook(self._post)]
+
+    def _pre(self, *_: Any) -> None:
+        self.fired = 1
+        self.adapter.fire("on_pre_optimizer_step")
+
+    def _post(self, *_: Any) -> None:
+        self.fired = 2
+        self.adapter.fire("on_optimizer_step")
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    @hookimpl(wrapper=True)
+    def optimizer_step(self):
+        fire, hooked = self.adapter.fire, bool(self.handles)
+        self.fired = 0
+        if not hooked:
+            fire("on_pre_optimizer_step")
+        outcome = yield
+        if not hooked:
+            fire("on_optimizer_step")
+        elif self.fired == 0:  # the step was skipped (fp16 overflow): HF fires both all the same
+            fire("on_pre_optimizer_step")
+            fire("on_optimizer_step")
+        return outcome
 
 
 class HFCallbackAdapter:
@@ -226,38 +282,54 @@ class HFCallbackAdapter:
         self._args_seen = trainer.args.to_dict()
         self.train_dataloader: Any = None
         self.eval_dataloader: Any = None
-        self.micro_batches = 0
         self._running = False
         self._deciding = False  # inside our own re-ask of should_save / should_stop
         self._stopped_by: tuple[str, str] | None = None  # (callback, event) that asked to stop
         self._extra_eval: tuple[int, dict[str, float]] | None = None  # an evaluation a callback asked for
-        self._optimizer_events = 0
-        self._handles: list[Any] = []
-        self._substeps: _Substeps | None = None
+        self._helpers: list[Any] = []  # _Substeps / _OptimizerEvents registered for this run
+        self._routes: dict[str, list[Any]] = {}  # event -> the callbacks that implement it
+        self._routed: tuple[int, ...] = ()  # the callbacks (ids) the routes were made for
 
     # ---- calling the callbacks -------------------------------------------------------------
 
-    def sync_state(self) -> None:
+    def sync_state(self, names: tuple[str, ...] = _STATE_FIELDS) -> None:
         ours, theirs = self.trainer.state, self.state
-        for name in _STATE_FIELDS:
+        for name in names:
             setattr(theirs, name, getattr(ours, name))
+
+    def implementers(self, event: str) -> list[Any]:
+        """The callbacks (DefaultFlowCallback first) whose *event* is more than TrainerCallback's no-op."""
+        callbacks = callbacks_of(self.trainer)
+        ids = tuple(map(id, callbacks))
+        if ids != self._routed:  # add_callback / remove_callback since
+            self._routed, self._routes = ids, {}
+        route = self._routes.get(event)
+        if route is None:
+            from transformers import TrainerCallback
+
+            base = getattr(TrainerCallback, event)
+            route = [c for c in callbacks if getattr(type(c), event, None) is not base]
+            if event in _FLOW_EVENTS:
+                route.insert(0, self.flow)
+            self._routes[event] = route
+        return route
 
     def fire(self, event: str, *, at_step: int | None = None, **extra: Any) -> Any:
         """Call *event* on every callback in order; a returned control replaces ours.
 
         *at_step*: the callbacks see ``state.global_step`` at that step (a checkpoint's).
         """
+        callbacks = self.implementers(event)
+        if not callbacks:  # TrainerCallback's own events do nothing
+            return self.control
         t = self.trainer
-        self.sync_state()
+        self.sync_state(_STEP_FIELDS if event in _STEP_EVENTS else _STATE_FIELDS)
         if at_step is not None:
             self.state.global_step = at_step
         kwargs = dict(
             model=t.model, processing_class=getattr(t, "processing_class", None), optimizer=t.optimizer,
             lr_scheduler=t.lr_scheduler, train_dataloader=self.train_dataloader,
             eval_dataloader=self.eval_dataloader, **extra)
-        callbacks = list(callbacks_of(t))
-        if event in ("on_step_end", "on_epoch_end"):
-            callbacks.insert(0, self.flow)
         control = self.control
         for callback in callbacks:
             was_stopping = control.should_training_stop
@@ -286,34 +358,28 @@ class HFCallbackAdapter:
         self._stopped_by, self._extra_eval = None, None
         self.state.save_steps = resolve_steps(getattr(trainer.args, "save_steps", None), trainer.state.max_steps)
         self.train_dataloader = trainer.get_train_dataloader()
-        self._watch_optimizer(trainer.optimizer)
-        pm = trainer.plugin_manager
-        if trainer.args.gradient_accumulation_steps > 1 and self._substeps is None:
-            self._substeps = _Substeps(self)
-            pm.register(self._substeps, name="hf_callbacks.substeps")
+        self._add_step_helpers(trainer)
         self.control.should_training_stop = False
+        self.sync_state()  # all of it: the per-step events copy only what changes within a step
         self.fire("on_train_begin")
 
-    def _watch_optimizer(self, optimizer: Any) -> None:
-        """``on_pre_optimizer_step`` / ``on_optimizer_step`` right around ``optimizer.step()``
-        (after clipping), through torch's optimizer step hooks."""
-        self._unwatch_optimizer()
-        if hasattr(optimizer, "register_step_pre_hook"):
-            self._handles = [optimizer.register_step_pre_hook(self._pre_step),
-                             optimizer.register_step_post_hook(self._post_step)]
+    def _add_step_helpers(self, trainer: Any) -> None:
+        """The per-micro-batch and optimizer-step events cost nothing unless a callback has them."""
+        self._remove_step_helpers()
+        pm = trainer.plugin_manager
+        if trainer.args.gradient_accumulation_steps > 1 and self.implementers("on_substep_end"):
+            self._helpers.append(_Substeps(self))
+        if self.implementers("on_pre_optimizer_step") or self.implementers("on_optimizer_step"):
+            self._helpers.append(_OptimizerEvents(self, trainer.optimizer))
+        for helper in self._helpers:
+            pm.register(helper, name=f"hf_callbacks.{type(helper).__name__.strip('_').lower()}")
 
-    def _unwatch_optimizer(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _pre_step(self, *_: Any) -> None:
-        self._optimizer_events = 1
-        self.fire("on_pre_optimizer_step")
-
-    def _post_step(self, *_: Any) -> None:
-        self._optimizer_events = 2
-        self.fire("on_optimizer_step")
+    def _remove_step_helpers(self) -> None:
+        for helper in self._helpers:
+            if isinstance(helper, _OptimizerEvents):
+                helper.close()
+            self.trainer.plugin_manager.unregister(helper)
+        self._helpers = []
 
     @hookimpl
     def on_train_begin(self, trainer):
@@ -328,21 +394,7 @@ class HFCallbackAdapter:
     def on_step_begin(self):
         control = self.control
         control.should_log = control.should_evaluate = control.should_save = False
-        self.micro_batches = 0
         self.fire("on_step_begin")
-
-    @hookimpl(wrapper=True)
-    def optimizer_step(self):
-        self._optimizer_events = 0
-        if not self._handles:  # not a torch optimizer: around the whole step
-            self.fire("on_pre_optimizer_step")
-        outcome = yield
-        if not self._handles:
-            self.fire("on_optimizer_step")
-        elif self._optimizer_events == 0:  # the step was skipped (fp16 overflow): HF fires both
-            self.fire("on_pre_optimizer_step")
-            self.fire("on_optimizer_step")
-        return outcome
 
     @hookimpl(trylast=True)  # after the other plugins' step end (the progress bar's update)
     def on_step_end(self, trainer):
@@ -386,7 +438,7 @@ class HFCallbackAdapter:
 
     @hookimpl(trylast=True)  # after best_model loaded the best weights
     def on_train_end(self, status):
-        self._unwatch_optimizer()
+        self._remove_step_helpers()
         if not self._running:
             return
         self._running = False
