@@ -167,7 +167,8 @@ def main() -> None:
                  f"{med(1, 'peak_rss_mib') - med(1, 'baseline_rss_mib'):.0f} | |")
     lines.append(f"| step time (ms, median) | {med(0, 'step_s') * 1e3:.0f} | {med(1, 'step_s') * 1e3:.0f} | "
                  f"{ratio('step_s'):.2f}× |")
-    command = f"python benchmarks/bench_fsdp.py --pairs {args.pairs} --steps {args.steps} --batch {args.batch}"
+    command = (f"python benchmarks/bench_fsdp.py --pairs {args.pairs} --steps {args.steps} --warmup {args.warmup} "
+               f"--batch {args.batch}")
     print(f"""
 **FSDP2 vs DDP (2 gloo processes, CPU, OMP_NUM_THREADS=1 each)** — MLP 512→4096→4096→10 (18.9 M
 parameters), AdamW, per-device batch {args.batch}, steps {args.warmup + 1}…{args.steps} timed, {args.pairs}

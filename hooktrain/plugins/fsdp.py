@@ -21,7 +21,10 @@ global norm of the sharded gradients (``torch.nn.utils.clip_grad_norm_`` is ``DT
 and every process runs the same number of evaluation forward passes (a process with fewer
 evaluation batches repeats one, its result dropped), because each forward gathers parameters
 from all processes. ``save_model()`` gathers the full weights and writes one consolidated
-``model.safetensors`` on the main process; checkpoints are sharded (see docs/distributed.md).
+``model.safetensors`` on the main process. Checkpoints hold the sharded state as
+``torch.distributed.checkpoint`` files (:mod:`hooktrain.checkpointing.sharded`; the checkpoint
+plugin uses it whenever the model's parameters are shards), which resume with any number of
+processes. See docs/distributed.md.
 """
 
 from __future__ import annotations
