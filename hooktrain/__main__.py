@@ -227,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if show_traceback or not is_user_error(exc):
             raise
         print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
-        print(f"({TRACEBACK_FLAG} or {TRACEBACK_ENV}=1 shows the traceback)", file=sys.stderr)
+        if not isinstance(exc, UsageError):
+            print(f"({TRACEBACK_FLAG} or {TRACEBACK_ENV}=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -70,7 +70,7 @@ def build_parser(defaults: Mapping[str, Any] | None = None) -> argparse.Argument
     """
     defaults = dict(defaults or {})
     parser = argparse.ArgumentParser(
-        prog="hooktrain", description="Training arguments (Hugging Face flag names).",
+        prog="hooktrain train", description="Training arguments (Hugging Face flag names).",
         argument_default=argparse.SUPPRESS, allow_abbrev=False)
     parser.add_argument("config_file", nargs="?", metavar="CONFIG",
                         help="YAML or JSON file of arguments (put it first); flags override it")
