@@ -366,6 +366,17 @@ def test_hooktrain_stays_free_of_transformers_without_callbacks(tmp_path):
         "loss = lambda m, b: ((m(b['x']).squeeze(-1) - b['labels']) ** 2).mean()\n"
         "hooktrain.Trainer(torch.nn.Linear(2, 1), args, train_dataset=data, compute_loss=loss).train()\n"
         "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+        # without transformers installed, callbacks are a clear error
+        "class NoTransformers:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'transformers': raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, NoTransformers())\n"
+        "try:\n"
+        "    hooktrain.Trainer(torch.nn.Linear(2, 1), args, train_dataset=data, compute_loss=loss, callbacks=[object()])\n"
+        "except hooktrain.ArgumentError as error:\n"
+        "    assert \"needs transformers: pip install 'hooktrain[hf]'\" in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
     )
     env = {**os.environ, "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

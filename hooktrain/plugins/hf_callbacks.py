@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterator
@@ -143,10 +144,21 @@ def hf_training_arguments(args: Any) -> Any:
 # ---- checks --------------------------------------------------------------------------------------
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def callback_problems(callbacks: list[Any]) -> list[str]:
     """Callbacks that cannot run here: not a ``TrainerCallback``, or needing HF's ``Trainer``."""
     if not callbacks:
         return []
+    missing = [name for name in ("transformers", "accelerate") if not _installed(name)]
+    if missing:
+        return [f"callbacks=[{', '.join(type(c).__name__ for c in callbacks)}] run through Hugging Face's "
+                f"TrainerCallback API, which needs {' and '.join(missing)}: pip install 'hooktrain[hf]'"]
     from transformers import TrainerCallback
 
     problems = []
