@@ -725,6 +725,7 @@ def test_cli_help_lists_every_field_grouped_with_defaults(capsys):
         assert f"\n{owner}:\n" in text
     flat = " ".join(text.split())
     assert "[default: 5e-05]" in flat and "[default: ['tensorboard']]" in flat
+    assert "the core plugin" not in flat and "read by the core (training loop" in flat
 
 
 # ------------------------------------------------------------------------------------ docs
