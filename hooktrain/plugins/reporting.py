@@ -243,7 +243,7 @@ class ReportingBridge:
         if not self.workers:
             self._standalone = True
             self._start()
-        step = state.global_step
+        step, logs = state.global_step, dict(logs)  # a snapshot: the workers read it later
 
         def arguments() -> dict[str, Any]:  # on each worker: its own dict of tracker names
             return {"scalars": namespaced(logs), "step": step}
