@@ -138,6 +138,9 @@ def test_early_stopping_callback_stops_at_hf_step(tmp_path):
     steps = {name: [e["step"] for e in trainer.state.log_history if name in e]
              for trainer in (mine,) for name in ("loss", "eval_score")}
     assert steps == {name: [e["step"] for e in hf.state.log_history if name in e] for name in ("loss", "eval_score")}
+    for out in ("ours", "hf"):  # the best checkpoint records itself as the best, in both
+        recorded = json.loads((tmp_path / out / "checkpoint-4" / "trainer_state.json").read_text())
+        assert Path(recorded["best_model_checkpoint"]).name == "checkpoint-4", out
     saved = json.loads((tmp_path / "ours" / "checkpoint-8" / "plugin_state.json").read_text())[STATE_KEY]
     assert saved["EarlyStoppingCallback"]["attributes"] == {"early_stopping_patience_counter": 2}
 

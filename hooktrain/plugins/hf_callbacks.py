@@ -471,16 +471,16 @@ class HFCallbackAdapter:
         if self._deciding or trigger == "train_end":
             return None
         extra = self._evaluate_if_asked(trainer, metrics)
-        if self.control.should_save:
-            return True
-        if extra is None:
-            return None
-        self._deciding = True  # the save policy (best model …) decides with those metrics
+        # The other answers first (the save policy, best_model naming a new best before its save),
+        # with the metrics of an evaluation a callback asked for; a callback's request adds a save.
+        self._deciding = True
         try:
-            return trainer.plugin_manager.hook.should_save(
-                trainer=trainer, args=args, state=state, metrics=extra, trigger=trigger)
+            answer = trainer.plugin_manager.hook.should_save(
+                trainer=trainer, args=args, state=state, metrics=metrics if extra is None else extra,
+                trigger=trigger)
         finally:
             self._deciding = False
+        return bool(answer) or self.control.should_save
 
     @hookimpl(tryfirst=True)
     def should_stop(self, trainer, args, state, metrics):
