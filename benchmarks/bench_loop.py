@@ -15,6 +15,17 @@ shortcuts", is the hand-written loop with the same two shortcuts, so that hooktr
 
     python benchmarks/bench_loop.py [--pairs 7]
     python benchmarks/bench_loop.py --tiny     # the loop's own Python cost, in µs per step
+    python benchmarks/bench_loop.py --throughput [--pairs 31]
+
+``--throughput``: what the throughput plugin (hooktrain/plugins/throughput.py) costs. W1 with a
+training log every 10 steps, the plugin on (the default) against the same run with
+``disable_plugins=["throughput"]``, interleaved, in the order on/off then off/on. Two ratios
+(on / off, median of the pairs): the per-step time as above (steps 21…N; the 9 steps in 10 without
+a log), and the mean step time of steps 21…N, log steps included (what a log costs the plugin:
+summing its counts over the processes, reading the memory peaks). Then the one-time cost of
+counting the FLOPs: the first optimizer step (from ``on_train_begin`` to its end) with the plugin
+counting against the plugin off, for W1 and for a small transformer (benchmarks/gpu.py's, 2 blocks,
+d=128, 128 tokens, batch 8).
 """
 
 from __future__ import annotations
@@ -169,6 +180,66 @@ def hooktrain_tiny(data) -> list[float]:
     return with_hooktrain(Tiny(), data, settings)
 
 
+def first_step_seconds(model_factory, data, settings: dict[str, Any]) -> float:
+    """Seconds from ``on_train_begin`` to the end of the first optimizer step."""
+    from hooktrain import hookimpl
+
+    begin: list[float] = []
+
+    class Begin:
+        @hookimpl
+        def on_train_begin(self):
+            begin.append(time.perf_counter())
+
+    torch.manual_seed(1234)
+    stamps = with_hooktrain(model_factory(), data, {"max_steps": 3, "logging_steps": 10, **settings},
+                            lambda trainer: trainer.plugin_manager.register(Begin()))
+    return stamps[0] - begin[0]
+
+
+def throughput_cost(pairs: int) -> None:
+    """The throughput plugin on against off on W1 (log every 10 steps), and its one-time FLOP count."""
+    data = Data()
+    off = {"disable_plugins": ["throughput"]}
+    hooktrain_loop(data, logging_steps=10), hooktrain_loop(data, logging_steps=10, **off)  # warm-up
+    step_ratios, mean_ratios, ms = [], [], {"on": [], "off": []}
+    for i in range(pairs):
+        order = ("on", "off") if i % 2 == 0 else ("off", "on")
+        stamps = {name: hooktrain_loop(data, logging_steps=10, **(off if name == "off" else {})) for name in order}
+        step = {name: per_step(st) for name, st in stamps.items()}
+        mean = {name: (st[-1] - st[20]) / (len(st) - 21) for name, st in stamps.items()}
+        step_ratios.append(step["on"] / step["off"])
+        mean_ratios.append(mean["on"] / mean["off"])
+        for name in ms:
+            ms[name].append(step[name] * 1e3)
+        print(f"pair {i + 1}: per-step on {step['on'] * 1e3:.4f} off {step['off'] * 1e3:.4f} ms; "
+              f"mean on {mean['on'] * 1e3:.4f} off {mean['off'] * 1e3:.4f} ms", flush=True)
+    print("\n| W1, log every 10 steps | median | min | max |\n|---|---|---|---|")
+    for name, values in ms.items():
+        print(f"| plugin {name} ms/step | {statistics.median(values):.4f} | {min(values):.4f} | {max(values):.4f} |")
+    print(f"| on / off, per step (paired) | **{statistics.median(step_ratios):.4f}** | "
+          f"{min(step_ratios):.4f} | {max(step_ratios):.4f} |")
+    print(f"| on / off, mean step incl. log steps (paired) | **{statistics.median(mean_ratios):.4f}** | "
+          f"{min(mean_ratios):.4f} | {max(mean_ratios):.4f} |")
+
+    from gpu import TinyGPT, Tokens
+
+    def gpt():
+        return TinyGPT(vocab=256, dim=128, heads=4, layers=2, seq=128)
+
+    workloads = {"W1 MLP": (MLP, data, dict(per_device_train_batch_size=BATCH)),
+                 "transformer": (gpt, Tokens(64, 128, 256), dict(per_device_train_batch_size=8))}
+    print("\n| first step | counting FLOPs ms | plugin off ms | one-time cost ms |\n|---|---|---|---|")
+    for name, (factory, dataset, settings) in workloads.items():
+        first_step_seconds(factory, dataset, settings)  # warm-up
+        counting, plain = [], []
+        for _ in range(5):
+            counting.append(first_step_seconds(factory, dataset, settings))
+            plain.append(first_step_seconds(factory, dataset, {**settings, **off}))
+        c, p = statistics.median(counting) * 1e3, statistics.median(plain) * 1e3
+        print(f"| {name} | {c:.2f} | {p:.2f} | **{c - p:.2f}** |")
+
+
 def per_step(stamps: list[float]) -> float:
     gaps = [b - a for a, b in zip(stamps[20:], stamps[21:], strict=False)]
     return statistics.median(gaps)
@@ -179,8 +250,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--tiny", action="store_true",
                         help="Linear(2, 2), batch 1, SGD: the loop's own Python cost per step, in µs")
+    parser.add_argument("--throughput", action="store_true",
+                        help="the throughput plugin on against off (W1, log every 10 steps), and its FLOP count")
     opts = parser.parse_args()
     torch.set_num_threads(1)
+    if opts.throughput:
+        throughput_cost(opts.pairs)
+        return
     if opts.tiny:
         data = TinyData()
         raw_tiny(data), raw_tiny(data, shortcuts=True), hooktrain_tiny(data)  # warm-up

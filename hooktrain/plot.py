@@ -1,10 +1,11 @@
 """``hooktrain plot OUTPUT_DIR``: training curves from ``trainer_state.json`` into a PNG (matplotlib).
 
-Up to three panels: training and evaluation loss (log scale when the loss spans more than a decade
-and a half), the learning rate, and every evaluation metric other than the loss (panels with
-nothing to show are left out). A dashed line marks
-the best step; the best value of ``metric_for_best_model`` gets a star. For people without a
-tracker UI: ``hooktrain plot out/digits`` writes ``out/digits/training.png``.
+Up to four panels: training and evaluation loss (log scale when the loss spans more than a decade
+and a half), the learning rate, every evaluation metric other than the loss, and throughput and
+memory (tokens/s, else samples/s, with the peak memory of each logging window on a second axis and
+the mean MFU in the title; see docs/throughput.md). Panels with nothing to show are left out. A
+dashed line marks the best step; the best value of ``metric_for_best_model`` gets a star. For
+people without a tracker UI: ``hooktrain plot out/digits`` writes ``out/digits/training.png``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,44 @@ def _best_metric_key(state: dict[str, Any], history: list[dict[str, Any]], metri
     return None
 
 
+#: The memory series of the throughput panel: (log key, label, colour).
+MEMORY_SERIES = (
+    ("host_peak_rss_mib", "host RSS peak", "tab:orange"),
+    ("device_max_allocated_mib", "device allocated peak", "tab:red"),
+    ("device_max_reserved_mib", "device reserved peak", "tab:purple"),
+)
+
+
+def _rate_key(history: list[dict[str, Any]]) -> str | None:
+    """The rate the throughput panel draws: tokens/s when logged, else samples/s."""
+    for key in ("tokens_per_second", "samples_per_second"):
+        if series(history, key)[0]:
+            return key
+    return None
+
+
+def _throughput_panel(ax: Any, history: list[dict[str, Any]], rate_key: str) -> None:
+    """Tokens/s (or samples/s) per logging window, and peak memory on a second axis, in MiB."""
+    steps, values = series(history, rate_key)
+    lines = ax.plot(steps, values, color="tab:blue", label=rate_key.replace("_per_second", "/s"))
+    ax.set(xlabel="step", ylabel=rate_key.replace("_per_second", " per second"))
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    memory = [(series(history, key), label, colour) for key, label, colour in MEMORY_SERIES]
+    memory = [(points, label, colour) for points, label, colour in memory if points[0]]
+    if memory:
+        right = ax.twinx()
+        for (mem_steps, mem_values), label, colour in memory:
+            lines += right.plot(mem_steps, mem_values, ls="--", color=colour, label=label)
+        right.set_ylabel("MiB")
+        right.set_ylim(bottom=0)
+    title = "throughput and memory"
+    mfu = series(history, "mfu")[1]
+    if mfu:
+        title += f" (mean MFU {sum(mfu) / len(mfu):.1%})"
+    ax.set_title(title)
+    ax.legend(lines, [line.get_label() for line in lines], fontsize="small")
+
+
 def plot(output_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw loss, learning rate and evaluation metrics; return the PNG's path."""
     try:
@@ -78,7 +117,9 @@ def plot(output_dir: str | Path, out: str | Path | None = None) -> Path:
     ranked = _best_metric_key(state, history, metric_keys)
 
     lr_steps, lr_values = series(history, "learning_rate")
+    rate_key = _rate_key(history)
     panels = ["loss"] + (["lr"] if lr_steps else []) + (["metrics"] if metric_keys else [])
+    panels += ["throughput"] if rate_key else []
     fig, axes_row = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
     axes = dict(zip(panels, axes_row[0], strict=True))
 
@@ -110,6 +151,9 @@ def plot(output_dir: str | Path, out: str | Path | None = None) -> Path:
             ax.plot(steps, values, marker="o", ms=3, label=key[5:])
         ax.set(title="eval metrics", xlabel="step")
         ax.legend()
+
+    if rate_key is not None:
+        _throughput_panel(axes["throughput"], history, rate_key)
 
     if best_step is not None:
         for a in axes.values():

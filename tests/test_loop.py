@@ -785,14 +785,6 @@ def test_resume_mid_epoch_does_not_read_the_skipped_samples(tmp_path):
     assert Counted.reads == 2 * 2  # steps 4 and 5 only: the sampler starts after the 6 seen samples
 
 
-def test_input_tokens_are_counted(tmp_path):
-    trainer = make(tmp_path, n=8, include_num_input_tokens_seen=True, per_device_train_batch_size=2,
-                   num_train_epochs=1, logging_steps=2)
-    trainer.train()
-    seen = [e["num_input_tokens_seen"] for e in trainer.state.log_history if "loss" in e]
-    assert seen == [2 * 2 * 8, 4 * 2 * 8]  # steps × batch × elements of x (the first tensor)
-
-
 def test_iterable_dataset_runs_max_steps_across_passes(tmp_path):
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):

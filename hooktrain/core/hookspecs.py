@@ -39,6 +39,7 @@ __all__ = [
     "on_train_begin",
     "on_epoch_begin",
     "on_step_begin",
+    "on_train_batch",
     "on_step_end",
     "on_log",
     "on_evaluate",
@@ -48,6 +49,7 @@ __all__ = [
     "on_exception",
     "on_interrupt",
     "extra_logs",
+    "summary_logs",
     "protected_checkpoints",
     "plugin_state",
     "load_plugin_state",
@@ -152,6 +154,18 @@ def on_step_begin(trainer: Trainer, args: TrainingArguments, state: TrainerState
     :param trainer: the Trainer.
     :param args: the run's arguments.
     :param state: the run's state.
+    """
+
+
+@hookspec
+def on_train_batch(trainer: Trainer, batch: Any) -> None:
+    """A training micro-batch, as the data loader gave it (before it moves to the device).
+
+    Observe it (count samples or tokens); never change it. Called for every micro-batch on every
+    process, so keep it cheap and do no device work.
+
+    :param trainer: the Trainer.
+    :param batch: the collated micro-batch, on the host.
     """
 
 
@@ -274,6 +288,16 @@ def on_interrupt(trainer: Trainer, args: TrainingArguments, state: TrainerState,
 @hookspec
 def extra_logs(trainer: Trainer, state: TrainerState) -> Mapping[str, float] | None:
     """Scalars to add to the training log being built (contribute by return, never mutate).
+
+    :param trainer: the Trainer.
+    :param state: the run's state.
+    """
+
+
+@hookspec
+def summary_logs(trainer: Trainer, state: TrainerState) -> Mapping[str, float] | None:
+    """Scalars to add to the end-of-run summary (``train_runtime``, ``train_loss``, …); contribute
+    by return. Called on every process at the same point, once per ``train()``.
 
     :param trainer: the Trainer.
     :param state: the run's state.

@@ -40,6 +40,7 @@ STEP_HOOKS: dict[str, tuple[str, ...]] = {
     "training_step": ("trainer", "model", "batch"),
     "backward": ("trainer", "loss"),
     "optimizer_step": ("trainer", "model", "optimizer", "need_grad_norm"),
+    "on_train_batch": ("trainer", "batch"),
     "on_step_end": ("trainer", "args", "state"),
     "should_save": ("trainer", "args", "state", "metrics", "trigger"),
     "should_stop": ("trainer", "args", "state", "metrics"),
@@ -292,7 +293,7 @@ class Trainer(Interruptible):
         while start < steps:  # once, and again from the current step after (un)registrations
             call, built = self._step_hooks(), pm.changes
             on_step_begin, training_step, backward = call["on_step_begin"], call["training_step"], call["backward"]
-            optimizer_step, on_step_end = call["optimizer_step"], call["on_step_end"]
+            optimizer_step, on_step_end, on_batch = call["optimizer_step"], call["on_step_end"], call["on_train_batch"]
             asks_save, asks_stop = self._asks_save, self._asks_stop
             for update in range(start, steps):
                 if pm.changes != built:
@@ -304,6 +305,7 @@ class Trainer(Interruptible):
                     batch = next(batches, None)
                     if batch is None:
                         return stepped  # the data ran out (iterable dataset)
+                    on_batch(self, batch)
                     on_step_begin(self, args, state)
                     step_loss = training_step(self, model, batch if on_cpu else to_device(batch, self.device))
                     backward(self, step_loss)
@@ -350,6 +352,7 @@ class Trainer(Interruptible):
         call, model, n = self._call, self.model_wrapped, len(micro)
         losses = []
         for i, batch in enumerate(micro):
+            call["on_train_batch"](self, batch)
             self.check_interrupt()  # between micro-batches: an interrupt drops the step
             if self.device.type != "cpu":
                 batch = to_device(batch, self.device)
@@ -435,6 +438,8 @@ class Trainer(Interruptible):
             "train_steps_per_second": round(steps / runtime, 3) if runtime else 0.0,
             "train_loss": self.mean_over_processes(self._losses.mean_over_run()),
         }
+        for extra in self.plugin_manager.hook.summary_logs(trainer=self, state=self.state):
+            metrics.update(extra or {})
         self.log(metrics)
         return metrics
 

@@ -37,7 +37,7 @@ BUILTINS: tuple[Builtin, ...] = (
     Builtin("save_policies", _P + "save_policies"),
     Builtin("best_model", _P + "best_model", _P + "best_model_args"),
     Builtin("early_stopping", _P + "early_stopping", _P + "early_stopping_args"),
-    Builtin("throughput", _P + "throughput"),
+    Builtin("throughput", _P + "throughput", _P + "throughput_args"),
     Builtin("preemption", _P + "preemption", _P + "preemption_args"),
     Builtin("reporters.tensorboard", _P + "reporters.tensorboard"),
     Builtin("reporters.wandb", _P + "reporters.wandb"),

@@ -1,4 +1,9 @@
-"""Progress bar and console log lines (main process only). Reads: disable_tqdm."""
+"""Progress bar and console log lines (main process only). Reads: disable_tqdm.
+
+The bar shows the loss, the learning rate and, from the throughput plugin's figures, tokens/s
+(samples/s when the batches have no tokens) and MFU; the console line leaves the rates and the
+memory figures of a training log to the bar and the trackers (the end-of-run summary shows all).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,18 @@ from typing import Any
 
 from hooktrain.core.markers import hookimpl
 
+#: The endings of the keys a training or evaluation log shows in the trackers but not on its
+#: console line: timings, rates and memory figures.
+_NOT_ON_THE_LINE = ("_runtime", "_per_second", "_per_process", "_mib")
+
 
 def format_logs(step: int, max_steps: int, logs: dict[str, Any]) -> str:
     """One concise console line for a log event."""
     parts = [f"step {step}/{max_steps}"]
     summary = "train_runtime" in logs
     for key, value in logs.items():
-        if not summary and (key.endswith("_runtime") or key.endswith("_per_second")):
-            continue  # timing details of an evaluation: in the trackers, not on the console
+        if not summary and (key.endswith(_NOT_ON_THE_LINE) or key == "mfu"):
+            continue  # timings, rates and memory: on the bar and in the trackers
         if isinstance(value, float):
             parts.append(f"{key} {value:.4g}")
         else:
@@ -34,12 +43,24 @@ class ConsoleLog:
         line = format_logs(state.global_step, state.max_steps, logs)
         bar = self.bar.bar if self.bar is not None else None
         if bar is not None:
-            postfix = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate") if isinstance(logs.get(k), float)}
+            postfix = bar_postfix(logs)
             if postfix:
                 bar.set_postfix(postfix, refresh=False)
             bar.write(line, file=sys.stderr)
         else:
             print(line, file=sys.stderr, flush=True)
+
+
+def bar_postfix(logs: dict[str, Any]) -> dict[str, str]:
+    """The bar's figures from a training log: loss, learning rate, tokens/s (else samples/s), MFU."""
+    postfix = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate") if isinstance(logs.get(k), float)}
+    for key, label in (("tokens_per_second", "tokens/s"), ("samples_per_second", "samples/s")):
+        if isinstance(logs.get(key), float):
+            postfix[label] = f"{logs[key]:.4g}"
+            break
+    if isinstance(logs.get("mfu"), float):
+        postfix["mfu"] = f"{logs['mfu']:.1%}"
+    return postfix
 
 
 class _AboveTheBar(logging.Handler):

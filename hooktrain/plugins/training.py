@@ -1,7 +1,7 @@
 """The default training step, backward, optimizer step (with ``max_grad_norm`` clipping) and evaluation loop.
 
 Every hook here is ``trylast``: a plugin that implements the same hook replaces it.
-Reads: max_grad_norm, label_smoothing_factor, include_num_input_tokens_seen,
+Reads: max_grad_norm, label_smoothing_factor,
 torch_empty_cache_steps, label_names, prediction_loss_only, logging_nan_inf_filter.
 """
 
@@ -48,26 +48,6 @@ class LabelSmoothing:
         )
 
 
-class TokenCounter:
-    """``include_num_input_tokens_seen``: counts the elements of ``input_ids`` (or the first tensor)."""
-
-    def __init__(self, key: str = "input_ids"):
-        self.key = key
-
-    @hookimpl(tryfirst=True)
-    def training_step(self, trainer, batch):
-        values = batch if isinstance(batch, dict) else {}
-        tensor = values.get(self.key)
-        if tensor is None:
-            tensor = next((v for v in values.values() if isinstance(v, torch.Tensor)), None)
-        if tensor is not None:
-            trainer.state.num_input_tokens_seen += int(tensor.numel()) * trainer.world_size
-
-    @hookimpl
-    def extra_logs(self, state):
-        return {"num_input_tokens_seen": state.num_input_tokens_seen}
-
-
 class CacheEmptier:
     """``torch_empty_cache_steps``: release the accelerator's cached memory every N steps."""
 
@@ -94,8 +74,6 @@ def configure(trainer, args):
     if args.label_smoothing_factor > 0:
         pm.register(LabelSmoothing(args.label_smoothing_factor, (args.label_names or ["labels"])[0]),
                     name="training.label_smoothing")
-    if args.include_num_input_tokens_seen:
-        pm.register(TokenCounter(), name="training.token_counter")
     if args.torch_empty_cache_steps:
         pm.register(CacheEmptier(args.torch_empty_cache_steps), name="training.empty_cache")
 

@@ -12,7 +12,5 @@ class TrainingStepArguments:
     label_smoothing_factor: float = arg(
         0.0, "Label smoothing epsilon for the loss computed from logits and labels; 0 disables it.",
         ge=0, lt=1)
-    include_num_input_tokens_seen: bool = arg(
-        False, "Count the input tokens seen and log them as num_input_tokens_seen.")
     torch_empty_cache_steps: int | None = arg(
         None, "Empty the accelerator's memory cache every N steps; None never does.", ge=1)
