@@ -1,26 +1,29 @@
-"""Cost of a hooktrain checkpoint save against a hand-written save of the same state (same run, paired).
+"""What a hooktrain checkpoint costs against hand-written saves of the same state (same run, paired).
 
-Workload (perf.md W2): MLP 512→2048→2048→10 (5.27 M parameters) after one AdamW step, so the
-state is 63 MB (weights 21 MB, optimizer 42 MB) plus scheduler and RNG. One thread, CPU.
+Workload (perf.md W2): MLP 512→2048→2048→10 (5.27 M parameters), AdamW, so the state is 63 MB
+(weights 21 MB, optimizer 42 MB) plus scheduler and RNG. One thread, CPU.
 
-* **hooktrain** — ``trainer.save_checkpoint()``: the ``save_checkpoint`` hook (temporary
-  directory, sha256 of every file while it is written, fsync of every file and directory,
-  manifest, rename) and ``on_save``.
-* **by hand** — what Hugging Face's Trainer does: ``safetensors.torch.save_file`` of the weights,
-  ``torch.save`` of the optimizer, scheduler and RNG states, ``trainer_state.json``; no fsync, no
-  checksum, no rename.
-* **by hand + fsync** — the same plus ``fsync`` of every file and the directory: the price of
-  surviving a power loss rather than a process kill, paid by anyone who wants that guarantee.
-* **by hand + sha256 manifest + fsync** — also a sha256 of every file (read back after writing)
-  in a manifest: hand-written code with hooktrain's guarantees (except the atomic rename).
+1. **Checksums** of the 63 MB of checkpoint bytes: xxh3-128 (``xxhash``, the one used), BLAKE3
+   (``blake3``, when installed) and sha256 (earlier versions), one thread.
+2. **Durable save, synchronous** (``trainer.save_checkpoint()`` outside ``train()``, as the final
+   save and ``save_async=False``: snapshot, files hashed while written, fsync of every file and
+   directory, manifest, rename) against **by hand** (``safetensors.torch.save_file`` of the
+   weights, ``torch.save`` of optimizer, scheduler and RNG, ``trainer_state.json``: what Hugging
+   Face's Trainer does, no fsync) and **by hand + fsync** (the same files, each fsync'd, and the
+   directory). Interleaved A B C, C B A, …; each save into a new directory, deleted untimed.
+3. **Training-thread blocking per save** with ``save_async=True``: a W2 run saving every 5 steps;
+   each save's time on the training thread (taking the snapshot, waiting for a save still in
+   flight, and holding the next optimizer step until the snapshot's copies are made), paired with
+   a plain hand-written save of the same state made on the training thread 3 steps later (after
+   the background save committed).
+4. **Whole run**: W2, 100 steps, a checkpoint every 5 steps, ``train()`` wall time with
+   ``save_async=True`` and ``False`` against a hand-written loop (same model, data order,
+   optimizer, schedule) that saves plainly by hand at the same steps; both keep the newest two
+   checkpoints. Runs interleaved; the ratios are medians of the pairs.
+5. Resume start-up (``train()`` to the first step) from a checkpoint near the start and one near
+   the end of a long epoch: skipping is done by the sampler, so both should cost the same.
 
-Repetitions alternate the order (A B, B A, …); every save goes to a new directory, deleted
-outside the timing. The table gives the median of the paired ratios (min–max) and the bytes
-written. A second table times the resume start-up (``train()`` to the first step) from a
-checkpoint near the start and one near the end of a long epoch: skipping is done by the sampler,
-so both should cost the same.
-
-    python benchmarks/bench_checkpoint.py [--pairs 11]
+    python benchmarks/bench_checkpoint.py [--pairs 9] [--runs 3] [--only hash,save,blocking,run,resume]
 """
 
 from __future__ import annotations
@@ -28,21 +31,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
 import statistics
 import tempfile
 import time
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+BATCH, N_SAMPLES, SIZES = 64, 12800, (512, 2048, 2048, 10)
+
 
 class MLP(torch.nn.Module):
-    def __init__(self, sizes=(512, 2048, 2048, 10)):
+    def __init__(self, sizes=SIZES):
         super().__init__()
         layers: list[torch.nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
@@ -74,27 +81,16 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 23):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def save_by_hand(trainer, directory: Path, durable: bool, checksums: bool = False) -> None:
+def save_by_hand(model, optimizer, scheduler, state, directory: Path, durable: bool) -> None:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True)
-    save_file(trainer.model.state_dict(), directory / "model.safetensors", metadata={"format": "pt"})
-    torch.save(trainer.optimizer.state_dict(), directory / "optimizer.pt")
-    torch.save(trainer.lr_scheduler.state_dict(), directory / "scheduler.pt")
+    save_file(model.state_dict(), directory / "model.safetensors", metadata={"format": "pt"})
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    torch.save(scheduler.state_dict(), directory / "scheduler.pt")
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
     torch.save(rng, directory / "rng_state.pth")
-    trainer.state.save_to_json(directory / "trainer_state.json")
-    if checksums:
-        files = {p.name: {"size": p.stat().st_size, "sha256": sha256_of(p)} for p in directory.iterdir()}
-        (directory / "manifest.json").write_text(json.dumps(files))
+    state.save_to_json(directory / "trainer_state.json")
     if durable:
         for path in directory.iterdir():
             fsync(path)
@@ -105,20 +101,69 @@ def dir_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.iterdir())
 
 
-def bench_save(pairs: int, root: Path) -> list[str]:
-    from hooktrain import Trainer, TrainingArguments
+def ratio(a: list[float], b: list[float]) -> str:
+    r = [x / y for x, y in zip(a, b, strict=True)]
+    return f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
+
+
+def w2_args(out: Path, **overrides: Any) -> Any:
+    from hooktrain import TrainingArguments
+
+    settings = dict(output_dir=str(out), max_steps=1, per_device_train_batch_size=BATCH, save_strategy="no",
+                    report_to="none", disable_tqdm=True, logging_steps=1000, max_grad_norm=0.0,
+                    optim="adamw_torch", warmup_ratio=0.1, log_level="error", overwrite_output_dir=True)
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def trained_w2(out: Path) -> Any:
+    """A W2 Trainer after one step (the optimizer state exists)."""
+    from hooktrain import Trainer
 
     torch.manual_seed(1234)
-    out = root / "save"
-    args = TrainingArguments(
-        output_dir=str(out), max_steps=1, per_device_train_batch_size=64, save_strategy="no",
-        report_to="none", disable_tqdm=True, logging_steps=100, max_grad_norm=0.0,
-        optim="adamw_torch", warmup_ratio=0.1, log_level="error",
-    )
-    trainer = Trainer(model=MLP(), args=args, train_dataset=Data(64, 512))
+    trainer = Trainer(model=MLP(), args=w2_args(out), train_dataset=Data(BATCH, SIZES[0]))
     trainer.train()
+    return trainer
 
-    times: dict[str, list[float]] = {"hooktrain": [], "hand": [], "durable": [], "verified": []}
+
+# ---- 1. checksums ------------------------------------------------------------------------------
+
+
+def bench_hash(root: Path) -> list[str]:
+    trainer = trained_w2(root / "hash")
+    trainer.state.global_step = 7
+    path = trainer.save_checkpoint()
+    data = b"".join(p.read_bytes() for p in sorted(Path(path).iterdir()) if p.name != "manifest.json")
+    candidates: dict[str, Callable[[bytes], Any]] = {}
+    import xxhash
+
+    candidates["xxh3-128 (xxhash)"] = lambda b: xxhash.xxh3_128(b).hexdigest()
+    try:
+        import blake3
+
+        candidates["BLAKE3 (blake3), 1 thread"] = lambda b: blake3.blake3(b).hexdigest()
+    except ImportError:
+        pass
+    candidates["sha256 (hashlib)"] = lambda b: hashlib.sha256(b).hexdigest()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for i in range(7):
+        for name in (list(candidates) if i % 2 == 0 else list(reversed(candidates))):
+            start = time.perf_counter()
+            candidates[name](data)
+            times[name].append(time.perf_counter() - start)
+    rows = [f"| checksum of the {len(data):,} bytes of a W2 checkpoint | median time | GB/s |", "|---|---|---|"]
+    for name, t in times.items():
+        m = statistics.median(t)
+        rows.append(f"| {name} | {m * 1000:.1f} ms | {len(data) / m / 1e9:.1f} |")
+    return rows
+
+
+# ---- 2. durable synchronous save ------------------------------------------------------------------
+
+
+def bench_save(pairs: int, root: Path) -> list[str]:
+    trainer = trained_w2(root / "save")
+    times: dict[str, list[float]] = {"hooktrain": [], "hand": [], "durable": []}
     sizes: dict[str, int] = {}
     counter = [0]
 
@@ -136,37 +181,151 @@ def bench_save(pairs: int, root: Path) -> list[str]:
         counter[0] += 1
         directory = root / f"hand-{counter[0]}"
         start = time.perf_counter()
-        save_by_hand(trainer, directory, durable=name != "hand", checksums=name == "verified")
+        save_by_hand(trainer.model, trainer.optimizer, trainer.lr_scheduler, trainer.state, directory,
+                     durable=name == "durable")
         elapsed = time.perf_counter() - start
         sizes[name] = dir_bytes(directory)
         shutil.rmtree(directory)
         return elapsed
 
-    runs = {"hooktrain": hooktrain_save, **{name: partial(hand_save, name) for name in ("hand", "durable", "verified")}}
-    for fn in runs.values():  # warm-up: page cache, lazy imports
+    runs: dict[str, Callable[[], float]] = {
+        "hooktrain": hooktrain_save, "hand": lambda: hand_save("hand"), "durable": lambda: hand_save("durable")}
+    for fn in runs.values():  # warm-up: page cache, lazy imports, the first allocations
         fn()
     for i in range(pairs):
-        order = list(runs) if i % 2 == 0 else list(reversed(runs))
-        for name in order:
+        for name in (list(runs) if i % 2 == 0 else list(reversed(runs))):
             times[name].append(runs[name]())
-
-    def ratio(a: str, b: str) -> str:
-        r = [x / y for x, y in zip(times[a], times[b], strict=True)]
-        return f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
-
-    rows = [
-        "| save (W2, 5.27 M params, AdamW) | median time | vs by hand | vs by hand + fsync "
-        "| vs by hand + sha256 + fsync | bytes written |",
-        "|---|---|---|---|---|---|",
-    ]
-    labels = {"hand": "by hand (HF-equivalent)", "durable": "by hand + fsync",
-              "verified": "by hand + sha256 manifest + fsync", "hooktrain": "hooktrain `save_checkpoint`"}
-    for name in ("hand", "durable", "verified", "hooktrain"):
-        rows.append(
-            f"| {labels[name]} | {statistics.median(times[name]) * 1000:.1f} ms | {ratio(name, 'hand')} | "
-            f"{ratio(name, 'durable')} | {ratio(name, 'verified')} | {sizes[name]:,} |"
-        )
+    labels = {"hand": "by hand (HF-equivalent, no fsync)", "durable": "by hand + fsync of every file and the directory",
+              "hooktrain": "hooktrain, synchronous (final save, `save_async=False`)"}
+    rows = ["| save (W2, 5.27 M params, AdamW) | median time | vs by hand | vs by hand + fsync | bytes written |",
+            "|---|---|---|---|---|"]
+    for name in ("hand", "durable", "hooktrain"):
+        rows.append(f"| {labels[name]} | {statistics.median(times[name]) * 1000:.1f} ms | {ratio(times[name], times['hand'])} "
+                    f"| {ratio(times[name], times['durable'])} | {sizes[name]:,} |")
     return rows
+
+
+# ---- 3. blocking per save ------------------------------------------------------------------------
+
+
+def bench_blocking(root: Path, steps: int) -> list[str]:
+    from hooktrain import Trainer, hookimpl
+    from hooktrain.plugins.checkpoint import wait_for_checkpoint
+
+    hand_times: list[float] = []
+
+    class HandSave:
+        """3 steps after each hooktrain save: a plain hand-written save of the same state."""
+
+        @hookimpl
+        def on_step_end(self, trainer, state):
+            if state.global_step % 5 == 3:
+                wait_for_checkpoint(trainer)  # nothing in flight while the hand save is timed
+                directory = root / f"blocking-hand-{state.global_step}"
+                start = time.perf_counter()
+                save_by_hand(trainer.model, trainer.optimizer, trainer.lr_scheduler, state, directory, durable=False)
+                hand_times.append(time.perf_counter() - start)
+                shutil.rmtree(directory)
+
+    torch.manual_seed(1234)
+    out = root / "blocking"
+    args = w2_args(out, max_steps=steps, save_strategy="steps", save_steps=5, save_total_limit=2, save_async=True)
+    trainer = Trainer(model=MLP(), args=args, train_dataset=Data(N_SAMPLES, SIZES[0]), plugins=[HandSave()])
+    trainer.train()
+    store = trainer.plugin_manager.get_plugin("checkpoint.store")
+    blocking = store.stats.per_save_s[:-1]  # the final save is synchronous
+    pairs = min(len(blocking), len(hand_times))
+    blocking, hand = blocking[1:pairs], hand_times[1:pairs]  # the first save allocates the buffers
+    summary = trainer.state.log_history[-1]
+    return [
+        "| W2, save every 5 steps, `save_async=True` | median | vs a plain hand-written save (paired) |",
+        "|---|---|---|",
+        f"| plain hand-written save, on the training thread | {statistics.median(hand) * 1000:.1f} ms | 1.00 |",
+        f"| hooktrain: training-thread time per save ({len(blocking)} saves) | {statistics.median(blocking) * 1000:.1f} ms "
+        f"| **{ratio(blocking, hand)}** |",
+        "",
+        f"Snapshot host memory: {summary['checkpoint_snapshot_bytes']:,} bytes (reused from save to save); saves that "
+        f"waited for the one in flight: {summary['checkpoint_save_waits']} of {summary['checkpoint_saves']}.",
+    ]
+
+
+# ---- 4. whole run ----------------------------------------------------------------------------------
+
+
+def hand_run(out: Path, steps: int, every: int) -> float:
+    """A hand-written W2 loop saving plainly by hand every *every* steps (keeping the newest two)."""
+    from hooktrain import TrainerState
+
+    torch.manual_seed(1234)
+    model = MLP()
+    data = Data(N_SAMPLES, SIZES[0])
+    loader = torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=True,
+                                         generator=torch.Generator().manual_seed(42))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    warmup = math.ceil(0.1 * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    state = TrainerState(max_steps=steps)
+    saved: list[Path] = []
+    start = time.perf_counter()
+    model.train()
+    step = 0
+    for batch in loader:
+        loss = model(**batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        state.global_step = step
+        if step % every == 0:
+            directory = out / f"checkpoint-{step}"
+            save_by_hand(model, optimizer, scheduler, state, directory, durable=False)
+            saved.append(directory)
+            if len(saved) > 2:
+                shutil.rmtree(saved.pop(0))
+        if step >= steps:
+            break
+    return time.perf_counter() - start
+
+
+def hooktrain_run(out: Path, steps: int, every: int, save_async: bool) -> float:
+    from hooktrain import Trainer
+
+    torch.manual_seed(1234)
+    args = w2_args(out, max_steps=steps, save_strategy="steps", save_steps=every, save_total_limit=2,
+                   save_async=save_async, seed=42)
+    trainer = Trainer(model=MLP(), args=args, train_dataset=Data(N_SAMPLES, SIZES[0]))
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def bench_run(root: Path, runs: int, steps: int) -> list[str]:
+    every = 5
+    kinds: dict[str, Callable[[Path], float]] = {
+        "hand": lambda out: hand_run(out, steps, every),
+        "async": lambda out: hooktrain_run(out, steps, every, True),
+        "sync": lambda out: hooktrain_run(out, steps, every, False),
+    }
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for i in range(runs + 1):  # the first round warms up (imports, page cache)
+        for kind in (list(kinds) if i % 2 == 0 else list(reversed(kinds))):
+            out = root / f"run-{kind}-{i}"
+            elapsed = kinds[kind](out)
+            shutil.rmtree(out, ignore_errors=True)
+            if i:
+                times[kind].append(elapsed)
+    labels = {"hand": "hand-written loop, plain saves", "async": "hooktrain, `save_async=True`",
+              "sync": "hooktrain, `save_async=False`"}
+    rows = [f"| W2, {steps} steps, a checkpoint every {every} steps ({runs} runs each) | median wall time "
+            "| vs hand-written loop |", "|---|---|---|"]
+    for kind in kinds:
+        rows.append(f"| {labels[kind]} | {statistics.median(times[kind]):.2f} s | **{ratio(times[kind], times['hand'])}** |")
+    return rows
+
+
+# ---- 5. resume start-up ------------------------------------------------------------------------------
 
 
 def bench_resume(root: Path) -> list[str]:
@@ -216,14 +375,25 @@ def bench_resume(root: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=11)
-    parser.add_argument("--json", action="store_true", help="also print the raw table lines as JSON")
+    parser.add_argument("--pairs", type=int, default=9, help="repetitions of the save comparison")
+    parser.add_argument("--runs", type=int, default=3, help="whole runs of each kind")
+    parser.add_argument("--steps", type=int, default=100, help="steps of the whole runs")
+    parser.add_argument("--only", default="hash,save,blocking,run,resume")
+    parser.add_argument("--json", action="store_true", help="also print the table lines as JSON")
     opts = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD", "1")
+    parts = {
+        "hash": bench_hash, "save": lambda root: bench_save(opts.pairs, root),
+        "blocking": lambda root: bench_blocking(root, opts.steps),
+        "run": lambda root: bench_run(root, opts.runs, opts.steps), "resume": bench_resume,
+    }
+    lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
-        lines = bench_save(opts.pairs, Path(tmp)) + [""] + bench_resume(Path(tmp))
-    print("\n".join(lines))
+        for name in opts.only.split(","):
+            section = parts[name](Path(tmp)) + [""]
+            print("\n".join(section), flush=True)
+            lines += section
     if opts.json:
         print(json.dumps(lines))
 

@@ -101,14 +101,16 @@ def take_snapshot(
     defer: bool = False,
     sharded: Callable[[Path], None] | None = None,
 ) -> Snapshot:
-    """A consistent copy of the checkpoint of *step* for this process, in host memory it owns.
+    """A consistent copy of the checkpoint of *step* for this process, in host memory it owns
+    (*buffers*, reused from save to save). Without *buffers* the snapshot refers to the live CPU
+    tensors: only for a save persisted before training goes on.
 
     With *defer*, CPU parameters and optimizer state are copied later by :meth:`Snapshot.make_owned`
     (on the worker), which must happen before the optimizer's next step. *rng* (from
     :func:`~.tensors.capture_rng_state`) is needed unless *save_only_model*. *sharded* writes the
     model's and optimizer's state as DCP files instead (:mod:`.sharded`), at persist time.
     """
-    stager = Stager(buffers if buffers is not None else HostBuffers(), defer=defer)
+    stager = Stager(buffers, defer=defer)
     files: dict[str, Callable[[Any], None]] = {}
     if not save_only_model:
         files[rng_name(world_size, rank)] = partial(_torch_save, value=rng)
@@ -127,7 +129,8 @@ def take_snapshot(
             files[PLUGIN_STATE_NAME] = partial(_write_bytes, data=json_bytes(plugin_states or {}))
         files[TRAINER_STATE_NAME] = partial(_write_bytes, data=trainer_state_json.encode("utf-8"))
         files[ARGS_NAME] = partial(_write_bytes, data=(args_json + "\n").encode("utf-8"))
-    stager.buffers.drop_unused(stager.used)
+    if stager.buffers is not None:
+        stager.buffers.drop_unused(stager.used)
     event = None
     if stager.cuda:
         event = torch.cuda.Event()
@@ -136,7 +139,7 @@ def take_snapshot(
     snapshot = Snapshot(
         out=out, step=step, epoch=epoch, world_size=world_size, writer=writer,
         save_only_model=save_only_model, files=files, nbytes=stager.nbytes,
-        estimated_bytes=stager.nbytes + small + 64 * 1024, stager=stager if stager.deferred else None,
+        estimated_bytes=stager.tensor_bytes + small + 64 * 1024, stager=stager if stager.deferred else None,
         cuda_event=event, sharded=sharded,
     )
     if snapshot.stager is None and event is None:

@@ -53,19 +53,25 @@ class HostBuffers:
 
 
 class Stager:
-    """Fills :class:`HostBuffers` for one snapshot: copies now, or records CPU copies for later."""
+    """Fills :class:`HostBuffers` for one snapshot: copies now, or records CPU copies for later.
+    Without buffers (a synchronous save: nothing changes the state while it is written) CPU
+    tensors are used as they are and others are copied to the CPU."""
 
-    def __init__(self, buffers: HostBuffers, defer: bool):
+    def __init__(self, buffers: HostBuffers | None, defer: bool = False):
         self.buffers = buffers
         self.defer = defer  # leave deferrable CPU copies to the worker
         self.deferred: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.used: set[Key] = set()
-        self.nbytes = 0
+        self.nbytes = 0  # host memory of the copies
+        self.tensor_bytes = 0  # bytes of every tensor staged
         self.cuda = False
         self._seen: dict[tuple[Any, ...], torch.Tensor] = {}  # one copy per tensor shared by two names
 
     def stage(self, t: torch.Tensor, key: Key, deferrable: bool) -> torch.Tensor:
         t = t.detach()
+        self.tensor_bytes += t.numel() * t.element_size()
+        if self.buffers is None:
+            return t if t.device.type == "cpu" else t.cpu()
         identity = (t.untyped_storage().data_ptr(), str(t.device), t.storage_offset(), tuple(t.shape),
                     t.stride(), t.dtype) if t.numel() else None
         if identity is not None and identity in self._seen:

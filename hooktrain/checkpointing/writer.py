@@ -16,8 +16,10 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,9 @@ class Snapshot:
     sharded: Callable[[Path], None] | None = None  # writes this process's DCP shards (collective)
     protected: list[str] = field(default_factory=list)
     copied: threading.Event = field(default_factory=threading.Event)
+    #: training-thread seconds: taking the snapshot, and holding the next optimizer step for it
+    blocked_s: float = 0.0
+    guard_wait_s: float = 0.0
 
     @property
     def final(self) -> Path:
@@ -141,6 +146,16 @@ def failure_message(snapshot: Snapshot, exc: BaseException, writers: list[Hashin
             f"and {_earlier(snapshot)}")
 
 
+def _in_parallel(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run *calls* (fsyncs: they release the GIL and wait for the disk) at the same time; their
+    results in order. The first failure is raised once all have ended."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=min(8, len(calls)), thread_name_prefix="hooktrain-fsync") as pool:
+        futures = [pool.submit(call) for call in calls]
+    return [f.result() for f in futures]
+
+
 def persist(snapshot: Snapshot, coordinator: Coordinator | None = None) -> Path:
     """Write *snapshot* durably and rename it into place (then rotate); its final directory.
 
@@ -169,8 +184,9 @@ def persist(snapshot: Snapshot, coordinator: Coordinator | None = None) -> Path:
                 w = HashingWriter(tmp / name)
                 writers.append(w)
                 produce(w)
-            for w in writers:  # every file written: now make them durable
-                records[w.path.name] = w.seal()
+            # every file written: now make them durable, together (the disk flushes them at once)
+            records.update(zip([w.path.name for w in writers], _in_parallel([w.seal for w in writers]),
+                               strict=True))
         except Exception as exc:
             failure = exc
     if not _agree(coordinator, failure is None):  # every process's files are in
@@ -184,8 +200,7 @@ def persist(snapshot: Snapshot, coordinator: Coordinator | None = None) -> Path:
             writers.append(manifest)
             manifest.write(manifest_json(snapshot.step, snapshot.epoch, snapshot.world_size,
                                          snapshot.save_only_model, records))
-            manifest.seal()
-            fsync_dir(tmp)
+            _in_parallel([manifest.seal, partial(fsync_dir, tmp)])  # the manifest and every name in tmp
             publish(tmp, snapshot.final)
         except Exception as exc:
             failure = exc
@@ -269,7 +284,9 @@ class StepGuard:
         if snapshot is not None and not snapshot.copied.is_set():
             start = time.perf_counter()
             snapshot.copied.wait()
-            self.waited_s += time.perf_counter() - start
+            waited = time.perf_counter() - start
+            self.waited_s += waited
+            snapshot.guard_wait_s += waited
 
     def _before_step(self, *_: Any) -> None:
         if self._snapshot is not None:

@@ -148,6 +148,8 @@ class SaveStats:
     wait_s: float = 0.0
     blocked_s: float = 0.0  # training-thread time in the saves (snapshot, waits), step guard included
     snapshot_bytes: int = 0
+    #: the training thread's time for each save (for benchmarks): in the save, plus holding the next step
+    per_save_s: list[float] = dataclasses.field(default_factory=list)
 
     def logs(self, guard_s: float) -> dict[str, float]:
         return {"checkpoint_saves": self.saves, "checkpoint_save_waits": self.waits,
@@ -207,6 +209,7 @@ class CheckpointStore:
             path = persist(snapshot, self._coordinator)
             self._last_size = directory_bytes(path) if snapshot.writer else None
             self.stats.blocked_s += time.perf_counter() - start
+            self.stats.per_save_s.append(time.perf_counter() - start)
             self._emit_on_save(trainer, path)
             return path
         if snapshot.stager is not None:
@@ -217,7 +220,8 @@ class CheckpointStore:
             logger.info("checkpoints are written in the background (save_async=True); each snapshot holds "
                         "%s bytes of host memory", f"{snapshot.nbytes:,}")
         trainer.plugin_manager.register(self._committer, name="checkpoint.committer")
-        self.stats.blocked_s += time.perf_counter() - start
+        snapshot.blocked_s = time.perf_counter() - start
+        self.stats.blocked_s += snapshot.blocked_s
         return Path(args.output_dir) / checkpoint_name(state.global_step)
 
     def _wait_logged(self, trainer: Any, state: TrainerState) -> None:
@@ -276,7 +280,7 @@ class CheckpointStore:
             plugin_states=collect_plugin_states(trainer) if writer and full else None,
             world_size=trainer.world_size, rank=trainer.process_index, writer=writer,
             save_only_model=args.save_only_model, safetensors=args.save_safetensors,
-            buffers=self._buffers if background else HostBuffers(), defer=defer,
+            buffers=self._buffers if background else None, defer=defer,
             sharded=partial(write_sharded, model=trainer.model, optimizer=trainer.optimizer if full else None)
             if is_sharded(trainer.model) else None,
         )
@@ -295,6 +299,7 @@ class CheckpointStore:
             trainer.plugin_manager.unregister(self._committer)
         self._guard.release()
         path = inflight.wait()
+        self.stats.per_save_s.append(inflight.snapshot.blocked_s + inflight.snapshot.guard_wait_s)
         if inflight.snapshot.writer:
             self._last_size = directory_bytes(path)
         self._emit_on_save(trainer, path)
