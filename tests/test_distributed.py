@@ -81,7 +81,7 @@ def _eval(result: dict) -> dict:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     # two micro-batches per step: the first backward of each window runs under no_sync()
-    cfg = dict(steps=8, ga=2, eval=True)
+    cfg = dict(steps=8, ga=2, eval=True, tokens=True)
     saving = dict(save_steps=4, report_to=["tensorboard"])
     ddp = launch(base / "ddp", batch=2, **cfg, **saving)
     assert ddp.returncode == 0, ddp.output[-6000:]
@@ -107,6 +107,25 @@ def test_two_processes_train_like_one_with_twice_the_batch(runs):
         assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, 9))
         np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-5)
         assert result["training_loss"] == pytest.approx(ref["training_loss"], rel=1e-5)
+
+
+def test_tokens_and_samples_are_counted_over_both_processes(runs):
+    """The throughput plugin's counts are exact sums over the processes (docs/throughput.md)."""
+    ddp, single = runs
+    r0, r1, ref = ddp.result(0), ddp.result(1), single.result(0)
+    # 8 steps x (2 per device x 2 processes x 2 accumulation steps) = the single run's 8 x 4 x 2
+    assert r0["seen_samples"] + r1["seen_samples"] == 64 == ref["seen_samples"]
+    tokens = r0["seen_tokens"] + r1["seen_tokens"]
+    assert tokens == ref["seen_tokens"] and 64 < tokens < 5 * 64  # padding left out
+    for result in (r0, r1):  # every process holds the run's totals
+        assert result["num_input_tokens_seen"] == tokens == ref["num_input_tokens_seen"]
+        assert result["total_flos"] == 64.0  # flops_per_sample=1: the samples of both processes
+    logs, ref_logs = ([e for e in r["log_history"] if "loss" in e] for r in (r0, ref))
+    assert [e["num_input_tokens_seen"] for e in logs] == [e["num_input_tokens_seen"] for e in ref_logs]
+    for entry, ref_entry in zip(logs, ref_logs, strict=True):  # each window: the same global batch
+        ratio = entry["tokens_per_second"] / entry["samples_per_second"]
+        assert ratio == pytest.approx(ref_entry["tokens_per_second"] / ref_entry["samples_per_second"], rel=1e-9)
+        assert entry["samples_per_second_per_process"] == pytest.approx(entry["samples_per_second"] / 2, rel=1e-12)
 
 
 def test_evaluation_gathers_every_sample_once_in_dataset_order(runs):

@@ -4,7 +4,9 @@
 
 Config keys (all optional but ``out``): ``out`` output dir, ``batch`` per-device batch size,
 ``steps`` max_steps, ``ga`` gradient accumulation, ``dropout`` (bool), ``eval`` (evaluate at the
-last step and after train()), ``report_to``, ``save_steps`` (0 = no checkpoints), ``resume``,
+last step and after train()), ``tokens`` (the items also hold ``input_ids`` and a padding
+``attention_mask``, counted with ``include_num_input_tokens_seen="non_padding"`` and
+``flops_per_sample=1``), ``report_to``, ``save_steps`` (0 = no checkpoints), ``resume``,
 ``ddp_timeout``, and the faults: ``kill_at`` / ``raise_at`` / ``stall_at`` (a step) on rank
 ``fault_rank`` (default 1): SIGKILL itself, raise ``RuntimeError``, or sleep 300 s there;
 ``kill_in_persist_at`` (a step): SIGKILL itself while the background thread writes its random-state
@@ -31,16 +33,21 @@ N_TRAIN, N_EVAL, DIM = 48, 13, 6
 
 
 class Data(torch.utils.data.Dataset):
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, tokens: bool = False):
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, DIM, generator=g)
         self.y = torch.sin(self.x.sum(dim=1)) + 0.1 * torch.randn(n, generator=g)
+        self.tokens = tokens
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "labels": self.y[i]}
+        item = {"x": self.x[i], "labels": self.y[i]}
+        if self.tokens:  # 5 token ids, of which 1 + i % 5 are real (the model ignores them)
+            item["input_ids"] = (i + torch.arange(5)) % 11
+            item["attention_mask"] = (torch.arange(5) <= i % 5).long()
+        return item
 
 
 class MLP(torch.nn.Module):
@@ -50,7 +57,7 @@ class MLP(torch.nn.Module):
             torch.nn.Linear(DIM, 16), torch.nn.Tanh(), torch.nn.Dropout(dropout), torch.nn.Linear(16, 1)
         )
 
-    def forward(self, x, labels=None):
+    def forward(self, x, labels=None, input_ids=None, attention_mask=None):
         logits = self.net(x).squeeze(-1)
         out = {"logits": logits}
         if labels is not None:
@@ -95,6 +102,21 @@ def kill_in_persist(step: int) -> None:
     writer.HashingWriter = Killing  # type: ignore[misc]
 
 
+class SeenBatches:
+    """What this process trained on: samples and real tokens (the ones of attention_mask)."""
+
+    name = "test.seen"
+
+    def __init__(self) -> None:
+        self.samples = self.tokens = 0
+
+    @hookimpl
+    def on_train_batch(self, batch):
+        self.samples += len(batch["x"])
+        if "attention_mask" in batch:
+            self.tokens += int(batch["attention_mask"].sum())
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     if cfg.get("kill_in_persist_at") and int(os.environ.get("RANK", "0")) == cfg.get("fault_rank", 1):
@@ -131,10 +153,13 @@ def main() -> None:
         disable_tqdm=True,
         ddp_timeout=cfg.get("ddp_timeout", 60),
         use_cpu=True,  # gloo on CPU processes, also on a machine with a GPU
+        include_num_input_tokens_seen="non_padding" if cfg.get("tokens") else "no",
+        flops_per_sample=1.0 if cfg.get("tokens") else None,  # total_flos then counts the samples
     )
+    seen = SeenBatches()
     trainer = Trainer(
-        model=model, args=args, train_dataset=Data(N_TRAIN, seed=1), eval_dataset=eval_ds,
-        compute_metrics=compute_metrics, plugins=[Faults(cfg)],
+        model=model, args=args, train_dataset=Data(N_TRAIN, seed=1, tokens=bool(cfg.get("tokens"))),
+        eval_dataset=eval_ds, compute_metrics=compute_metrics, plugins=[Faults(cfg), seen],
     )
     allreduces = []  # gradient exchanges: one per optimizer step when no_sync() skips the others
     if isinstance(trainer.model_wrapped, torch.nn.parallel.DistributedDataParallel):
@@ -159,6 +184,10 @@ def main() -> None:
         "training_loss": result.training_loss,
         "allreduce_buckets": allreduce_count,
         "eval_after_train": after,
+        "seen_samples": seen.samples,
+        "seen_tokens": seen.tokens,
+        "num_input_tokens_seen": trainer.state.num_input_tokens_seen,
+        "total_flos": trainer.state.total_flos,
     }
     os.makedirs(cfg["out"], exist_ok=True)
     path = os.path.join(cfg["out"], f"result_rank{trainer.process_index}.json")
