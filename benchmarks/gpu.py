@@ -16,8 +16,13 @@ it launches itself under ``torchrun`` with one process per GPU (NCCL; ``--nproc`
 trains with ``fsdp`` and the bf16 ``MixedPrecisionPolicy`` (DDP bf16 as the reference; the
 blocks are the FSDP units) and prints ``torch.cuda.max_memory_allocated`` per rank.
 
+``--throughput`` checks the throughput plugin instead (:func:`throughput_main`): bf16 runs with
+the plugin on and off, each under ``torch.cuda.set_sync_debug_mode("warn")``, counting the
+synchronising CUDA calls (equal counts: the plugin adds none), with the logged tokens/s, MFU,
+counted FLOPs per sample against the analytic estimate and the device memory figures.
+
 Run: ``python benchmarks/gpu.py [--steps 40] [--warmup 10] [--batch 16] [--seq 512]``
-(``--fsdp [--nproc N]`` for the sharded runs).
+(``--fsdp [--nproc N]`` for the sharded runs, ``--throughput`` for the throughput plugin).
 Exit status 1 when a configuration fails or its checks do not hold.
 """
 
@@ -197,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (to test this script)")
     parser.add_argument("--fsdp", action="store_true", help="the FSDP2 runs instead, under torchrun (fsdp_main)")
     parser.add_argument("--nproc", type=int, default=None, help="--fsdp: processes (default: one per GPU)")
+    parser.add_argument("--throughput", action="store_true", help="the throughput plugin's check (throughput_main)")
     opts = parser.parse_args(argv)
+    if opts.throughput:
+        return throughput_main(opts)
     if opts.fsdp:
         return fsdp_main(opts, list(argv if argv is not None else sys.argv[1:]))
     if opts.cpu:
@@ -333,6 +341,83 @@ def _fsdp_worker(opts: argparse.Namespace) -> int:
             json.dump(ordered, fp, default=str)
     return 0
 
+
+
+def _analytic_flops_per_sample(opts: argparse.Namespace) -> float:
+    """6 x (weights of the matrix products) per token, plus attention's 4·T·d per token and
+    layer forward, 2.5 times that backward (torch's count for the fused kernels)."""
+    d, layers, t = opts.dim, opts.layers, opts.seq
+    weights = layers * 12 * d * d + d * opts.vocab
+    return t * (6 * weights + 3.5 * 4 * t * d * layers)
+
+
+def throughput_main(opts: argparse.Namespace) -> int:
+    """``--throughput``: the throughput plugin on a CUDA run (bf16 when supported), plugin on and
+    off, each under ``torch.cuda.set_sync_debug_mode("warn")``; a table of the synchronising calls
+    per run and of the figures the plugin logged. Exit status 1 when the plugin adds a sync or a
+    figure is missing."""
+    import warnings
+
+    cpu = opts.cpu or not torch.cuda.is_available()
+    if cpu and not opts.cpu:
+        print("skipped: no CUDA (torch.cuda.is_available() is False); nothing to check on this machine")
+        return 0
+    name = "CPU" if cpu else torch.cuda.get_device_name()
+    bf16 = cpu or torch.cuda.get_device_capability()[0] >= 8
+    steps, log_every = opts.warmup + opts.steps, 10
+    print(f"{name}, torch {torch.__version__}; model: {opts.layers} blocks, d={opts.dim}, vocab {opts.vocab}; "
+          f"batch {opts.batch} x {opts.seq} tokens, {steps} steps, a log every {log_every}, "
+          f"{'bf16' if bf16 else 'fp32'}\n")
+    rows, failed = {}, False
+    with tempfile.TemporaryDirectory() as out_dir:
+        for label, extra in (("plugin off", {"disable_plugins": ["throughput"]}), ("plugin on", {})):
+            model = TinyGPT(opts.vocab, opts.dim, opts.heads, opts.layers, opts.seq)
+            args = TrainingArguments(
+                output_dir=out_dir, report_to="none", save_strategy="no", disable_tqdm=True, max_steps=steps,
+                per_device_train_batch_size=opts.batch, learning_rate=3e-4, logging_steps=log_every,
+                dataloader_num_workers=0 if cpu else 2, seed=0, use_cpu=cpu, bf16=bf16, **extra)
+            trainer = Trainer(model=model, args=args, train_dataset=Tokens(opts.batch * steps, opts.seq, opts.vocab))
+            if not cpu:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                torch.cuda.set_sync_debug_mode("warn")
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = trainer.train()
+            if not cpu:
+                torch.cuda.set_sync_debug_mode(0)
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+            logs = [e for e in trainer.state.log_history if "loss" in e]
+            rows[label] = dict(seconds=seconds, syncs=len(syncs), logs=logs, summary=result.metrics,
+                               peak=None if cpu else torch.cuda.max_memory_allocated() / 2**20)
+    on, off = rows["plugin on"], rows["plugin off"]
+    print("| run | seconds | synchronising calls | per log |\n|---|---:|---:|---:|")
+    for label, row in rows.items():
+        print(f"| {label} | {row['seconds']:.2f} | {row['syncs']} | {row['syncs'] / max(len(row['logs']), 1):.1f} |")
+    if not cpu and on["syncs"] != off["syncs"]:
+        print(f"FAILED: the plugin adds {on['syncs'] - off['syncs']} synchronising calls")
+        failed = True
+    last = on["logs"][-1]
+    wanted = ["samples_per_second", "tokens_per_second", "flops_per_second", "host_peak_rss_mib"]
+    wanted += [] if cpu else ["mfu", "device_max_allocated_mib", "device_max_reserved_mib"]
+    missing = [k for k in wanted if k not in last]
+    if missing:
+        print(f"FAILED: the last training log lacks {missing}")
+        failed = True
+    per_sample = last["flops_per_second"] / last["samples_per_second"]
+    analytic = _analytic_flops_per_sample(opts)
+    print(f"\nlast window: {last['tokens_per_second']:,.0f} tokens/s, MFU {last.get('mfu', float('nan')):.1%}, "
+          f"device max allocated {last.get('device_max_allocated_mib', float('nan')):,.0f} MiB "
+          f"(torch.cuda.max_memory_allocated over the run: {on['peak'] or float('nan'):,.0f} MiB)")
+    print(f"FLOPs per sample: counted {per_sample:.4g}, analytic {analytic:.4g} "
+          f"({per_sample / analytic - 1:+.1%})")
+    summary = on["summary"]
+    print(f"run averages: {summary.get('train_tokens_per_second', float('nan')):,.0f} tokens/s, "
+          f"MFU {summary.get('train_mfu', float('nan')):.1%}; wall time on / off {on['seconds'] / off['seconds']:.3f}")
+    return 1 if failed else 0
 
 if __name__ == "__main__":
     sys.exit(main())
