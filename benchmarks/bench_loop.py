@@ -25,7 +25,10 @@ a log), and the mean step time of steps 21…N, log steps included (what a log c
 summing its counts over the processes, reading the memory peaks). Then the one-time cost of
 counting the FLOPs: the first optimizer step (from ``on_train_begin`` to its end) with the plugin
 counting against the plugin off, for W1 and for a small transformer (benchmarks/gpu.py's, 2 blocks,
-d=128, 128 tokens, batch 8).
+d=128, 128 tokens, batch 8). Last, the plugin's own work timed directly (the fastest of 7 repeats,
+which a busy machine disturbs least): the loop's ``on_train_batch`` caller with the plugin and
+without (a no-op), on a W1 batch and on a batch of 8 x 512 tokens with an attention mask, and one
+log's ``extra_logs``; set against W1's step time in the same process.
 """
 
 from __future__ import annotations
@@ -238,6 +241,49 @@ def throughput_cost(pairs: int) -> None:
             plain.append(first_step_seconds(factory, dataset, {**settings, **off}))
         c, p = statistics.median(counting) * 1e3, statistics.median(plain) * 1e3
         print(f"| {name} | {c:.2f} | {p:.2f} | **{c - p:.2f}** |")
+    plugin_work(data)
+
+
+def plugin_work(data) -> None:
+    """The throughput plugin's per-micro-batch and per-log work, timed directly (min of 7 repeats)."""
+    import timeit
+
+    from hooktrain import Trainer, TrainingArguments
+
+    def best(fn, number: int) -> float:
+        return min(timeit.repeat(fn, number=number, repeat=7)) / number
+
+    def caller(plugin_on: bool) -> tuple[Any, Any]:
+        args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to="none", save_strategy="no",
+                                 disable_tqdm=True, disable_plugins=[] if plugin_on else ["throughput"])
+        trainer = Trainer(MLP(), args, train_dataset=data)
+        meter = trainer.plugin_manager.get_plugin("throughput.meter")
+        if meter is not None:
+            meter.on_train_begin(trainer, args)
+            meter._watch = None  # the one-time FLOP count is measured above
+        return trainer, trainer.plugin_manager.step_callers({"on_train_batch": ("trainer", "batch")})["on_train_batch"]
+
+    w1_batch = collate([data[i] for i in range(BATCH)])
+    ids = torch.randint(0, 1000, (8, 512))
+    token_batch = {"input_ids": ids, "attention_mask": (torch.arange(512) < 400).long().expand(8, 512).clone(),
+                   "labels": ids}
+    (t_on, on), (t_off, off) = caller(True), caller(False)
+    print("\n| the plugin's own work | µs |\n|---|---|")
+    for name, batch in (("W1 batch", w1_batch), ("8 x 512 tokens + attention_mask", token_batch)):
+        t_on.plugin_manager.get_plugin("throughput.meter")._keys = None  # the batch's keys afresh
+        with_plugin = best(partial(on, t_on, batch), 20_000)
+        without = best(partial(off, t_off, batch), 20_000)
+        print(f"| on_train_batch, {name}: with the plugin {with_plugin * 1e6:.2f}, without (no-op) "
+              f"{without * 1e6:.2f} | **{(with_plugin - without) * 1e6:.2f}** |")
+    meter = t_on.plugin_manager.get_plugin("throughput.meter")
+    per_log = best(lambda: meter.extra_logs(t_on, t_on.state), 200)
+    print(f"| extra_logs, one log (sums, rates, peak RSS read and reset) | **{per_log * 1e6:.1f}** |")
+    step = min(per_step(hooktrain_loop(data, logging_steps=10, disable_plugins=["throughput"])) for _ in range(5))
+    meter._keys = None
+    added = best(partial(on, t_on, w1_batch), 20_000) - best(partial(off, t_off, w1_batch), 20_000)
+    print(f"\nW1 step without the plugin (fastest of 5 runs): {step * 1e6:.0f} µs; the plugin adds "
+          f"{added * 1e6:.2f} µs per step (**{added / step:.2%}**) and {per_log * 1e6 / 10:.1f} µs per step "
+          f"averaged over a log every 10 steps ({per_log / 10 / step:.2%})")
 
 
 def per_step(stamps: list[float]) -> float:
