@@ -143,6 +143,76 @@ def test_a_second_sigterm_during_the_save_ends_the_process_and_corrupts_nothing(
     assert not (out / ".tmp-checkpoint-5").exists()
 
 
+# ---- tracker runs continue across the resume -----------------------------------------------------
+
+
+def strictly_increasing(points: list[tuple[int, float]]) -> bool:
+    steps = [step for step, _ in points]
+    return all(a < b for a, b in zip(steps, steps[1:], strict=False))
+
+
+def metrics(scalars: dict) -> dict:
+    """Every series but ``train/epoch``, which each log event carries (a training log and an
+    evaluation at one step give it twice, resumed or not)."""
+    return {k: v for k, v in scalars.items() if k != "train/epoch"}
+
+
+def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference):
+    import glob
+
+    from mlflow.tracking import MlflowClient
+    from readback import read_comet, read_tensorboard, read_wandb
+
+    trackers = ["tensorboard", "wandb", "mlflow", "comet"]
+    first = train(tmp_path, {"at": "step", "step": 5}, report_to=trackers, run_name="preempted-run")
+    assert first["status"] == "interrupted"
+    resumed = train(tmp_path, resume=True, report_to=trackers)  # a new run_name: the stored runs win
+    assert_resumed_exactly(resumed, 5, reference)
+    losses = [step for step, _ in series(reference, "loss")]  # 1 … 8
+
+    tb = read_tensorboard(tmp_path / "runs")  # two events files in one directory: one run
+    assert len(glob.glob(str(tmp_path / "runs" / "events.out.tfevents.*"))) == 2
+    assert [step for step, _ in tb["scalars"]["train/loss"]] == losses  # every step exactly once
+    assert all(strictly_increasing(points) for points in metrics(tb["scalars"]).values())
+    assert [step for step, _ in tb["scalars"]["eval/loss"]] == [4, 8]
+    assert (tb["status"], tb["hparams_status"], tb["run_name"]) == ("completed", "STATUS_SUCCESS", "preempted-run")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "preempted-run")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == losses
+    for key in metrics(run.data.metrics):
+        assert strictly_increasing([(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)])
+
+    files = {os.path.realpath(p) for p in glob.glob(str(tmp_path / "wandb" / "*" / "*.wandb"))}  # latest-run: a link
+    parts = sorted((read_wandb(path) for path in files),
+                   key=lambda part: part["exit_code"] != 1)  # the preempted part first
+    assert len(parts) == 2 and parts[0]["run_id"] == parts[1]["run_id"]  # one run, in two parts
+    assert [p["status"] for p in parts] == ["preempted", "completed"] and parts[1]["exit_code"] == 0
+    for key in metrics(parts[1]["scalars"]):
+        assert strictly_increasing(parts[0]["scalars"].get(key, []) + parts[1]["scalars"][key]), key
+    assert [s for s, _ in parts[0]["scalars"]["train/loss"] + parts[1]["scalars"]["train/loss"]] == losses
+
+    archives = sorted(glob.glob(str(tmp_path / "comet" / "*.zip")), key=len)  # <key>.zip, then <key>-x.zip
+    comet = [read_comet(path) for path in archives]
+    assert len(comet) == 2 and comet[0]["experiment"]["offline_id"] == comet[1]["experiment"]["offline_id"]
+    assert [c["status"] for c in comet] == ["preempted", "completed"]
+    for key in metrics(comet[1]["scalars"]):
+        assert strictly_increasing(comet[0]["scalars"].get(key, []) + comet[1]["scalars"][key]), key
+    assert [s for s, _ in comet[0]["scalars"]["train/loss"] + comet[1]["scalars"]["train/loss"]] == losses
+
+
+def test_resume_tracker_runs_false_starts_new_runs(tmp_path):
+    train(tmp_path, {"at": "step", "step": 5}, report_to=["mlflow"], run_name="first")
+    train(tmp_path, resume=True, report_to=["mlflow"], run_name="second", resume_tracker_runs=False)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("first", "KILLED"), ("second", "FINISHED")]
+
+
 # ---- in-process: the handlers ------------------------------------------------------------------
 
 

@@ -113,7 +113,7 @@ def test_modules_register_reporter_names_through_pluggy(tmp_path):
     assert isinstance(reporter, Reporter)
     assert not [name for name in dir(reporter) if pm.parse_hookimpl_opts(reporter, name) is not None]
     calls, problems = reporter_calls(reporter, "tensorboard")
-    assert sorted(calls) == ["report_flush", "report_run_end", "report_run_start", "report_scalars"]
+    assert sorted(calls) == ["report_flush", "report_resume", "report_run_end", "report_run_start", "report_scalars"]
     assert not problems
 
 

@@ -11,8 +11,10 @@ defaults and the signatures; any object with at least one of the methods works t
 method may accept any subset of its arguments, and may carry ``@hookimpl`` (reporters written
 when these methods were hooks keep working; the marker is ignored).
 
-New optional methods may be added to this interface in later versions (for example to store a
-tracker run's identity in checkpoints); an object that lacks them keeps working.
+New optional methods may be added to this interface in later versions; an object that lacks them
+keeps working. Two serve resuming (docs/preemption.md): :meth:`Reporter.run_state` tells the
+identity of the open run, stored in every checkpoint, and :meth:`Reporter.report_resume` hands it
+back before ``report_run_start`` when a resumed ``train()`` continues that run.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-#: How a run ended. ``"preempted"`` is reserved for a run that a signal ended and that a resume
-#: will continue; treat a status you do not know like ``"stopped"``.
+#: How a run ended. ``"preempted"``: ``train()`` was interrupted (a preemption signal), a
+#: checkpoint of its last step is written and a resume will continue the run; treat a status you
+#: do not know like ``"stopped"``.
 RunStatus = Literal["completed", "stopped", "failed", "preempted"]
 
 #: Each method of the interface with the arguments it is called with, in the order of its signature.
 REPORTER_METHODS: Mapping[str, tuple[str, ...]] = {
+    "report_resume": ("run", "step"),
     "report_run_start": ("run_name", "config"),
     "report_scalars": ("scalars", "step"),
     "report_flush": (),
@@ -37,6 +41,27 @@ REPORTER_METHODS: Mapping[str, tuple[str, ...]] = {
 
 class Reporter:
     """Base class of reporters: every method is a no-op until you override it."""
+
+    def run_state(self) -> dict[str, Any] | None:
+        """The identity of the open run (JSON-safe: a run id, a directory), or ``None``.
+
+        Not a queued call: the reporting plugin calls it on the training thread each time a
+        checkpoint is written (after your ``report_run_start`` has returned) and stores the
+        answer in the checkpoint. Read attributes only.
+        """
+        return None
+
+    def report_resume(self, run: dict[str, Any], step: int) -> None:
+        """The next ``report_run_start`` continues the run *run* (what :meth:`run_state` returned
+        when the checkpoint was written) instead of opening a new one.
+
+        Called before ``report_run_start`` when ``train()`` resumes from a checkpoint that holds
+        your run and ``resume_tracker_runs=True``. Steps logged after *step* by the interrupted
+        run are to be replaced by the ones that follow, where the tracker can.
+
+        :param run: the stored run identity.
+        :param step: the global step of the checkpoint the run resumes from.
+        """
 
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
         """A run starts: open it in your tracker.
@@ -73,8 +98,9 @@ class Reporter:
     def report_run_end(self, status: RunStatus) -> None:
         """The run ended: close it with its status; also called after one of your methods failed.
 
-        :param status: ``"completed"``, ``"stopped"`` (a plugin or Ctrl-C stopped it) or
-            ``"failed"`` (an exception); ``"preempted"`` is reserved (see :data:`RunStatus`).
+        :param status: ``"completed"``, ``"stopped"`` (a plugin or Ctrl-C stopped it),
+            ``"preempted"`` (interrupted, to be resumed: see :data:`RunStatus`) or ``"failed"``
+            (an exception).
         """
 
 

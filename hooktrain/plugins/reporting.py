@@ -1,7 +1,8 @@
 """Reporting: feeds the selected reporters (:class:`hooktrain.Reporter`) off the training thread.
 
-Reads: report_to, run_name, report_errors, report_timeout, report_checkpoints. Active on the main
-process when ``report_to`` selects a reporter or a ``Trainer(plugins=[...])`` object is one.
+Reads: report_to, run_name, report_errors, report_timeout, report_checkpoints, resume_tracker_runs.
+Active on the main process when ``report_to`` selects a reporter or a ``Trainer(plugins=[...])``
+object is one.
 
 Reporters are objects, not plugins: the bridge calls their ``report_*`` methods itself. A
 reporter that also implements real hooks (``on_save``…, marked ``@hookimpl``) is registered as
@@ -17,6 +18,11 @@ does not wait for a timer. A reporter that raises is switched off with a warning
 the training go on. At the end the workers get ``report_timeout`` seconds (together) to finish,
 then are abandoned with a warning. Logs outside ``train()`` (a standalone ``evaluate()``) are
 reported as a short run of their own.
+
+Runs continue across a resume: each checkpoint stores every reporter's ``run_state()`` (plugin
+state ``"reporting"``); a ``train()`` resumed from it hands each one its run back with
+``report_resume(run, step)`` before ``report_run_start`` (unless ``resume_tracker_runs=False``).
+A run that ``train()`` ended with the status ``"interrupted"`` ends with ``"preempted"``.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ from typing import Any
 
 from hooktrain.core.errors import HooktrainError, PluginLoadError
 from hooktrain.core.markers import hookimpl
-from hooktrain.core.reporter import Call, is_reporter, reporter_calls
+from hooktrain.core.reporter import Call, Reporter, is_reporter, reporter_calls
 
 logger = logging.getLogger("hooktrain")
 
 QUEUE_SIZE = 10_000  # events per reporter; beyond that new events are dropped (with a warning)
 BATCH_SECONDS = 0.05  # a worker takes its buffered events in batches, at most this often
 BRIDGE_NAME = "reporting.bridge"
+STATE_KEY = "reporting"  # the bridge's plugin state: {"runs": {reporter name: run_state()}}
+#: the train() status -> the reporters' run status, where they differ
+RUN_STATUS = {"interrupted": "preempted"}
 _STOP = object()
 
 #: What a worker is handed: the method's name and its arguments, or a function that builds them
@@ -198,15 +207,22 @@ class ReportingBridge:
         self.workers: list[_Worker] = []
         self._standalone = False  # the open run belongs to an evaluate() outside train()
         self._storing: dict[str, list[threading.Event]] = {}  # checkpoint name -> set when stored
+        self._started: dict[str, threading.Event] = {}  # reporter name -> its report_run_start is done
+        self._resume: tuple[dict[str, Any], int] | None = None  # runs to continue, and their step
 
-    def _start(self) -> None:
+    def _start(self, resuming: bool = False) -> None:
         self.workers = [_Worker(label, calls) for label, calls in self._calls.items()]
         args = self.args
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_name = args.run_name or f"{os.path.basename(os.path.abspath(args.output_dir))}-{stamp}"
         to_dict = args.to_dict
+        runs, step = self._resume if resuming and self._resume and args.resume_tracker_runs else ({}, 0)
+        self._resume = None
         for worker in self.workers:  # each gets its own config dict, built on its own thread
+            if worker.label in runs:
+                worker.put("report_resume", {"run": runs[worker.label], "step": step})
             worker.put("report_run_start", lambda: {"run_name": run_name, "config": to_dict()}, urgent=True)
+        self._started = {worker.label: worker.marker() for worker in self.workers}
 
     def _raise_if_fatal(self, workers: list[_Worker] | None = None) -> None:
         if self.args.report_errors != "raise":
@@ -236,7 +252,39 @@ class ReportingBridge:
     def on_train_begin(self):
         if self.workers:  # an evaluate() run was left open: close it first
             self._end("completed")
-        self._start()
+        self._start(resuming=True)
+
+    @hookimpl
+    def plugin_state(self, trainer):
+        """Every open run's identity (``run_state()``) whose ``report_run_start`` is done; the
+        checkpoint of an interrupt waits for it (up to ``report_timeout``), the others do not."""
+        runs = {}
+        wait = self.args.report_timeout if trainer.interrupt_reason is not None else 0
+        for worker in self.workers:
+            run_state = getattr(self.reporters.get(worker.label), "run_state", None)
+            if run_state is None or getattr(run_state, "__func__", None) is Reporter.run_state:
+                continue
+            started = self._started.get(worker.label)
+            if started is not None and not started.wait(wait):
+                if wait:
+                    logger.warning("reporter %r has not opened its run within report_timeout=%ss: "
+                                   "the checkpoint does not record it", worker.label, wait)
+                continue
+            if worker.error is None:
+                try:
+                    state = run_state()
+                except Exception as exc:
+                    logger.warning("reporter %r failed in run_state (%r): the checkpoint does not "
+                                   "record its run", worker.label, exc)
+                    continue
+                if state is not None:
+                    runs[worker.label] = state
+        return (STATE_KEY, {"runs": runs}) if runs else None
+
+    @hookimpl
+    def load_plugin_state(self, trainer, states):
+        saved = states.get(STATE_KEY) or {}
+        self._resume = (dict(saved.get("runs") or {}), trainer.state.global_step)
 
     @hookimpl
     def on_log(self, state, logs):
@@ -279,7 +327,7 @@ class ReportingBridge:
     @hookimpl
     def on_train_end(self, status):
         if self.workers:
-            self._end(status)
+            self._end(RUN_STATUS.get(status, status))
 
 
 def active_reporters(trainer: Any) -> dict[str, object]:

@@ -13,6 +13,12 @@ Project: ``$COMET_PROJECT_NAME``, else ``"hooktrain"``. The run name is the expe
 name, the arguments dict its parameters (nested values flattened by comet), scalars are
 logged with ``log_metrics(step=...)``, and the end status is the "other" value ``status``.
 
+Resuming (``report_resume``): the stored experiment key is continued, online with
+``comet_ml.ExistingExperiment``, offline with ``comet_ml.ExistingOfflineExperiment`` (a second
+archive ``<key>-<suffix>.zip`` that ``comet upload`` appends to the same experiment). Comet keeps
+every value it was sent, so values the interrupted run logged after its checkpoint stay (a
+preempted run has none: its checkpoint is its last step).
+
 Comet's automatic logging (import hooks that patch torch, TensorBoard and mlflow, and would
 make a second experiment out of the other reporters' calls) is switched off with
 ``COMET_DISABLE_AUTO_LOGGING=1`` unless that variable is already set; it only works when
@@ -80,18 +86,34 @@ class CometReporter(Reporter):
             else os.path.abspath(config.get_raw(None, "comet.offline_directory", default=default_dir))
         )
         self.experiment: Any = None
+        self.experiment_key: str | None = None
+        self._resume_key: str | None = None
+
+    def run_state(self) -> dict[str, Any] | None:
+        return {"experiment_key": self.experiment_key} if self.experiment_key is not None else None
+
+    def report_resume(self, run: dict[str, Any], step: int) -> None:
+        self._resume_key = run.get("experiment_key")
 
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
         experiment: Any
+        key, self._resume_key = self._resume_key, None
+        comet = self._comet
         if self.offline_directory is None:
-            experiment = self._comet.Experiment(project_name=self.project_name, **_QUIET)
+            if key is None:
+                experiment = comet.Experiment(project_name=self.project_name, **_QUIET)
+            else:
+                experiment = comet.ExistingExperiment(experiment_key=key, project_name=self.project_name, **_QUIET)
         else:
             os.makedirs(self.offline_directory, exist_ok=True)
-            experiment = self._comet.OfflineExperiment(
-                project_name=self.project_name, offline_directory=self.offline_directory, **_QUIET
-            )
-        self.experiment = experiment
-        experiment.set_name(run_name)
+            where = {"project_name": self.project_name, "offline_directory": self.offline_directory}
+            if key is None:
+                experiment = comet.OfflineExperiment(**where, **_QUIET)
+            else:
+                experiment = comet.ExistingOfflineExperiment(experiment_key=key, **where, **_QUIET)
+        self.experiment, self.experiment_key = experiment, experiment.get_key()
+        if key is None:
+            experiment.set_name(run_name)
         experiment.log_parameters(config)
 
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:

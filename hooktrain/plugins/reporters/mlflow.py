@@ -12,7 +12,12 @@ No process-global state of mlflow's fluent API (active run, tracking URI) is use
 * metrics are buffered and sent with ``log_batch`` (one transaction instead of one per
   value: SQLite costs ~2.5 ms per call) after each batch of events the bridge hands over
   (``report_flush``) or every 1000 values, and at the end; the run is then terminated as ``FINISHED`` (completed), ``KILLED``
-  (stopped) or ``FAILED``.
+  (stopped, preempted) or ``FAILED``.
+* resuming (``report_resume``): the stored ``run_id`` is reopened (status ``RUNNING`` again,
+  params not logged again) and finished as usual. mlflow cannot delete metric values, so values
+  the interrupted run logged after its checkpoint stay beside the new ones of the same steps (a
+  preempted run has none: its checkpoint is its last step). A run id the tracking store does not
+  know (another ``MLFLOW_TRACKING_URI``) starts a new run tagged ``hooktrain.resumed_from``.
 
 Bounded HTTP: mlflow's defaults retry a dead tracking server for about four minutes per
 call. Unless they are already set, the reporter sets (process-wide, before mlflow is
@@ -24,6 +29,7 @@ yourself to change that.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import re
@@ -35,6 +41,8 @@ from hooktrain.core.markers import hookimpl
 from hooktrain.core.reporter import Reporter
 from hooktrain.plugins.reporters import installed, missing_library
 
+logger = logging.getLogger("hooktrain")
+
 NAME = "mlflow"
 DEFAULT_EXPERIMENT = "hooktrain"
 HTTP_DEFAULTS = {
@@ -42,7 +50,7 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
+_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "preempted": "KILLED", "failed": "FAILED"}
 _BAD_CHARS = re.compile(r"[^/\w.\- :]")
 
 # Fallbacks for mlflow's limits (mlflow.utils.validation) should a version lack them.
@@ -113,6 +121,7 @@ class MlflowReporter(Reporter):
         self.experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         self.client: Any = None
         self.run_id: str | None = None
+        self._resume_id: str | None = None
         self._buffer: list[Any] = []
 
     # ---- the reporter interface ----------------------------------------------------------
@@ -125,8 +134,13 @@ class MlflowReporter(Reporter):
             if not os.access(parent, os.W_OK):
                 raise PermissionError(f"mlflow reporter: {parent!r} is not writable ({self.tracking_uri})")
         client = self._client_class(tracking_uri=self.tracking_uri)
+        resume_id, self._resume_id = self._resume_id, None
+        if resume_id is not None and self._reopen(client, resume_id):
+            self.client, self.run_id = client, resume_id
+            return
         experiment_id = self._experiment_id(client)
-        run = client.create_run(experiment_id, run_name=run_name)
+        tags = {"hooktrain.resumed_from": resume_id} if resume_id is not None else None
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         self.client, self.run_id = client, run.info.run_id
 
         params: dict[str, str] = {}
@@ -136,6 +150,23 @@ class MlflowReporter(Reporter):
         size = self._params_per_batch
         for i in range(0, len(items), size):
             client.log_batch(self.run_id, params=items[i : i + size])
+
+    def run_state(self) -> dict[str, Any] | None:
+        return {"run_id": self.run_id} if self.run_id is not None else None
+
+    def report_resume(self, run: dict[str, Any], step: int) -> None:
+        self._resume_id = run.get("run_id")
+
+    def _reopen(self, client: Any, run_id: str) -> bool:
+        """Mark the stored run as running again; False when this tracking store does not have it."""
+        try:
+            client.get_run(run_id)
+        except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+            logger.warning("mlflow: run %s is not in %s (%s); starting a new run tagged "
+                           "hooktrain.resumed_from", run_id, self.tracking_uri, exc)
+            return False
+        client.update_run(run_id, status="RUNNING")
+        return True
 
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self.client is None:

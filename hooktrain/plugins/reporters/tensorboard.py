@@ -10,6 +10,12 @@ Where it writes: ``$TENSORBOARD_LOGGING_DIR`` when set, else ``args.logging_dir`
 * the hparams plugin's session records (flat scalar settings at the start, the end status
   at the end), so the HPARAMS tab compares runs; TensorBoard finds the metrics itself.
 
+Resuming (``report_resume``): the run goes on in the same directory, in a new events file that
+starts with a session-restart record at the resumed step + 1 (``SummaryWriter``'s ``purge_step``):
+TensorBoard hides every event of the earlier files from that step on, so steps logged after the
+checkpoint by the interrupted run are replaced, never doubled. The texts ``run_name`` and ``args``
+and the hparams session start are not written again, and a preempted run writes no session end.
+
 The summaries are built by ``torch.utils.tensorboard.summary``, as ``SummaryWriter`` builds
 them, but the records are written by the reporter itself, on the reporting worker's thread.
 ``SummaryWriter`` would hand every event to a writer thread of its own through a 10-event queue
@@ -72,12 +78,20 @@ class TensorBoardReporter(Reporter):
         self._file: Any = None
         self._records: _Records | None = None
         self._session_end: Any = None
+        self._purge_step: int | None = None  # resuming: hide the earlier files' events from here on
 
     def _write(self, summary: Any, step: int | None = None) -> None:
         event = self._event(summary=summary, wall_time=time.time())
         if step is not None:
             event.step = step
         self._records.write(event.SerializeToString())  # type: ignore[union-attr]
+
+    def run_state(self) -> dict[str, Any] | None:
+        return {"log_dir": os.path.abspath(self.log_dir)}
+
+    def report_resume(self, run: dict[str, Any], step: int) -> None:
+        self.log_dir = run.get("log_dir") or self.log_dir
+        self._purge_step = int(step) + 1
 
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
         os.makedirs(self.log_dir, exist_ok=True)
@@ -88,11 +102,17 @@ class TensorBoardReporter(Reporter):
         self.path, self._records = path, _Records(self._file)
         self._records.write(self._event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
         text, hparams = self._builders.text, self._builders.hparams
-        self._write(text("run_name", str(run_name)), 0)
-        self._write(text("args", json.dumps(config, indent=2, sort_keys=True, default=str)), 0)
         flat = {k: v for k, v in config.items() if isinstance(v, _HPARAM_TYPES)}
         _, session_start, self._session_end = hparams(flat, {})
-        self._write(session_start)
+        purge, self._purge_step = self._purge_step, None
+        if purge is not None:  # continuing the run: TensorBoard drops the earlier events from here on
+            restart = self._event(wall_time=time.time(), step=purge)
+            restart.session_log.status = restart.session_log.START
+            self._records.write(restart.SerializeToString())
+        else:
+            self._write(text("run_name", str(run_name)), 0)
+            self._write(text("args", json.dumps(config, indent=2, sort_keys=True, default=str)), 0)
+            self._write(session_start)
         self._file.flush()
 
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
@@ -112,7 +132,8 @@ class TensorBoardReporter(Reporter):
             return
         try:
             self._write(self._builders.text("status", status), 0)
-            self._write(_with_status(self._session_end, status))
+            if status != "preempted":  # a preempted session goes on when the run resumes
+                self._write(_with_status(self._session_end, status))
         finally:
             self._records = None
             file.close()

@@ -12,7 +12,13 @@ Trainers, or two runs in one process, never share or finish each other's run.
   logs and evaluation metrics) are merged into one row; wandb drops rows whose step goes
   backwards, so the reporting bridge reports in step order.
 * end: the status goes to the run summary (``status``), then
-  ``run.finish(exit_code=0)`` for a completed run, ``exit_code=1`` otherwise.
+  ``run.finish(exit_code=0)`` for a completed run, ``exit_code=1`` otherwise; a preempted run
+  is first marked with ``run.mark_preempting()``.
+* resuming (``report_resume``): ``wandb.init(id=<the stored run id>, resume="allow")`` continues
+  the run (offline: a new ``offline-run-…`` directory of the same run id, merged by ``wandb
+  sync``); the arguments update its config. wandb accepts no step at or below the last one of a
+  resumed run, so scalars up to the resumed step (an evaluation of that step run again) are not
+  sent again; steps the interrupted run logged after its checkpoint cannot be replaced.
 """
 
 from __future__ import annotations
@@ -50,24 +56,40 @@ class WandbReporter(Reporter):
         self.dir = os.path.abspath(os.fspath(os.environ.get("WANDB_DIR") or args.output_dir))
         self.project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         self.run: Any = None
+        self._resume_id: str | None = None
+        self._skip_through = -1  # resumed: steps up to the checkpoint's are in the run already
+
+    def run_state(self) -> dict[str, Any] | None:
+        run = self.run
+        return {"id": run.id, "project": run.project} if run is not None else None
+
+    def report_resume(self, run: dict[str, Any], step: int) -> None:
+        self._resume_id = run.get("id")
+        self.project = run.get("project") or self.project
+        self._skip_through = int(step)
 
     def report_run_start(self, run_name: str, config: dict[str, Any]) -> None:
         # wandb silently falls back to /tmp when it cannot write ``dir``: fail loudly instead.
         os.makedirs(self.dir, exist_ok=True)
         if not os.access(self.dir, os.W_OK):
             raise PermissionError(f"wandb reporter: directory {self.dir!r} is not writable")
+        resume_id, self._resume_id = self._resume_id, None
+        if resume_id is None:
+            self._skip_through = -1
+            self.run = self._wandb.init(
+                project=self.project, name=run_name, config=config, dir=self.dir, reinit="create_new",
+            )
+            return
         self.run = self._wandb.init(
-            project=self.project,
-            name=run_name,
-            config=config,
-            dir=self.dir,
-            reinit="create_new",
+            project=self.project, id=resume_id, resume="allow", dir=self.dir, reinit="create_new",
         )
+        self.run.config.update(config, allow_val_change=True)  # e.g. resume_from_checkpoint
 
     def report_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self.run is None:
             return
-        self.run.log(scalars, step=step)  # the bridge's steps never go backwards within a run
+        if step > self._skip_through:
+            self.run.log(scalars, step=step)  # the bridge's steps never go backwards within a run
 
     def report_artifact(self, path: str, name: str, step: int) -> None:
         if self.run is None:
@@ -84,6 +106,8 @@ class WandbReporter(Reporter):
             return
         try:
             run.summary["status"] = status
+            if status == "preempted":
+                run.mark_preempting()
         finally:
             run.finish(exit_code=0 if status == "completed" else 1)
 
