@@ -21,8 +21,15 @@ the plugin on and off, each under ``torch.cuda.set_sync_debug_mode("warn")``, co
 synchronising CUDA calls (equal counts: the plugin adds none), with the logged tokens/s, MFU,
 counted FLOPs per sample against the analytic estimate and the device memory figures.
 
+``--checkpoint`` checks checkpoints written in the background on CUDA instead
+(:func:`checkpoint_main`): runs with no saves, ``save_async=True`` and ``save_async=False``, a save
+every ``--save-every`` steps; steps/s, the training thread's time per save, the snapshot's host
+memory, whether its buffers are pinned and reused, and whether every checkpoint holds the weights
+right after its step (no torn snapshot while the next steps run on the GPU).
+
 Run: ``python benchmarks/gpu.py [--steps 40] [--warmup 10] [--batch 16] [--seq 512]``
-(``--fsdp [--nproc N]`` for the sharded runs, ``--throughput`` for the throughput plugin).
+(``--fsdp [--nproc N]`` for the sharded runs, ``--throughput`` for the throughput plugin,
+``--checkpoint [--save-every 5]`` for background checkpoints).
 Exit status 1 when a configuration fails or its checks do not hold.
 """
 
@@ -203,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsdp", action="store_true", help="the FSDP2 runs instead, under torchrun (fsdp_main)")
     parser.add_argument("--nproc", type=int, default=None, help="--fsdp: processes (default: one per GPU)")
     parser.add_argument("--throughput", action="store_true", help="the throughput plugin's check (throughput_main)")
+    parser.add_argument("--checkpoint", action="store_true", help="background checkpoints on CUDA (checkpoint_main)")
+    parser.add_argument("--save-every", type=int, default=5, help="--checkpoint: steps between saves")
     opts = parser.parse_args(argv)
+    if opts.checkpoint:
+        return checkpoint_main(opts)
     if opts.throughput:
         return throughput_main(opts)
     if opts.fsdp:
@@ -418,6 +429,72 @@ def throughput_main(opts: argparse.Namespace) -> int:
     print(f"run averages: {summary.get('train_tokens_per_second', float('nan')):,.0f} tokens/s, "
           f"MFU {summary.get('train_mfu', float('nan')):.1%}; wall time on / off {on['seconds'] / off['seconds']:.3f}")
     return 1 if failed else 0
+
+def checkpoint_main(opts: argparse.Namespace) -> int:
+    """Checkpoints written in the background on CUDA: pinned, reused, non-blocking snapshots."""
+    if not opts.cpu and not torch.cuda.is_available():
+        print("skipped: no CUDA (torch.cuda.is_available() is False); nothing to check on this machine")
+        return 0
+    from safetensors.torch import load_file
+
+    steps = opts.warmup + opts.steps
+    print(f"{'CPU run (testing the script)' if opts.cpu else torch.cuda.get_device_name()}, torch {torch.__version__}; "
+          f"{opts.layers} blocks, d={opts.dim}, batch {opts.batch} x {opts.seq}; {steps} steps, a save every "
+          f"{opts.save_every} steps\n")
+
+    class Watch:
+        """Step times after the warm-up; the weights right after each save step (on the CPU)."""
+
+        def __init__(self):
+            self.times: list[float] = []
+            self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+        @hookimpl
+        def on_step_end(self, trainer, state):
+            _sync()
+            self.times.append(time.perf_counter())
+            if state.global_step % opts.save_every == 0:
+                self.weights[state.global_step] = {k: v.detach().cpu().clone()
+                                                   for k, v in trainer.model.state_dict().items()}
+
+    rows, failed = [], False
+    for name, saving in (("no saves", None), ("save_async=True", True), ("save_async=False", False)):
+        with tempfile.TemporaryDirectory() as out_dir:
+            watch = Watch()
+            args = TrainingArguments(
+                output_dir=out_dir, report_to="none", disable_tqdm=True, max_steps=steps,
+                per_device_train_batch_size=opts.batch, learning_rate=3e-4, logging_steps=steps, seed=0,
+                save_strategy="no" if saving is None else "steps", save_steps=opts.save_every,
+                save_async=bool(saving), save_total_limit=None, use_cpu=opts.cpu, bf16=not opts.cpu,
+            )
+            model = TinyGPT(opts.vocab, opts.dim, opts.heads, opts.layers, opts.seq)
+            trainer = Trainer(model=model, args=args, plugins=[watch],
+                              train_dataset=Tokens(opts.batch * steps, opts.seq, opts.vocab))
+            trainer.train()
+            gaps = [b - a for a, b in zip(watch.times[opts.warmup:], watch.times[opts.warmup + 1:], strict=False)]
+            row: dict[str, Any] = {"name": name, "steps_per_s": 1 / (sum(gaps) / len(gaps)), "problems": []}
+            store = trainer.plugin_manager.get_plugin("checkpoint.store")
+            if saving is not None:
+                row["per_save_ms"] = 1000 * sorted(store.stats.per_save_s)[len(store.stats.per_save_s) // 2]
+                row["snapshot"] = store.stats.snapshot_bytes
+                buffers = list(store._buffers._buffers.values())
+                if saving and not opts.cpu and not (buffers and all(b.is_pinned() for b in buffers)):
+                    row["problems"].append("snapshot buffers not pinned")
+                for step, weights in watch.weights.items():
+                    saved = load_file(f"{out_dir}/checkpoint-{step}/model.safetensors")
+                    if any(not torch.equal(saved[k], v) for k, v in weights.items() if k in saved):
+                        row["problems"].append(f"checkpoint-{step} differs from the weights after step {step}")
+            rows.append(row)
+            failed |= bool(row["problems"])
+    print("| run | steps/s | training-thread time per save (ms, median) | snapshot host memory | check |")
+    print("|---|---:|---:|---:|---|")
+    for r in rows:
+        check = "ok" if not r["problems"] else "FAILED: " + "; ".join(r["problems"])
+        per_save = f"{r['per_save_ms']:.1f}" if "per_save_ms" in r else ""
+        snapshot = f"{r['snapshot']:,} B" if r.get("snapshot") else ""
+        print(f"| {r['name']} | {r['steps_per_s']:.2f} | {per_save} | {snapshot} | {check} |")
+    return 1 if failed else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

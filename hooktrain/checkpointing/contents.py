@@ -139,7 +139,8 @@ def take_snapshot(
     snapshot = Snapshot(
         out=out, step=step, epoch=epoch, world_size=world_size, writer=writer,
         save_only_model=save_only_model, files=files, nbytes=stager.nbytes,
-        estimated_bytes=stager.tensor_bytes + small + 4096 * (len(files) + 1),  # + headers, the manifest stager=stager if stager.deferred else None,
+        estimated_bytes=stager.tensor_bytes + small + 4096 * (len(files) + 1),  # + headers, the manifest
+        stager=stager if stager.deferred else None,
         cuda_event=event, sharded=sharded,
     )
     if snapshot.stager is None and event is None:
