@@ -145,6 +145,25 @@ def test_all_counts_the_main_input_named_by_the_model(tmp_path, caplog):
     assert "main input 'input_ids', which the batches do not have" in caplog.text
 
 
+def test_a_mapping_batch_counts_like_a_dict(tmp_path):
+    """Collators may return a Mapping that is not a dict (transformers' BatchEncoding is a UserDict)."""
+    from collections import UserDict
+
+    data = Tokens(12)
+
+    def collate(items):
+        return UserDict({k: torch.stack([item[k] for item in items]) for k in items[0]})
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", save_strategy="no", disable_tqdm=True,
+                             per_device_train_batch_size=3, num_train_epochs=1, logging_steps=2,
+                             include_num_input_tokens_seen="non_padding", flops_per_sample=1.0)
+    trainer = Trainer(TinyLM(), args, train_dataset=data, data_collator=collate,
+                      compute_loss=lambda model, batch: model(**batch)["loss"])
+    trainer.train()
+    assert trainer.state.num_input_tokens_seen == sum(data.real(i) for i in range(12))
+    assert trainer.state.total_flos == 12  # samples: the length of input_ids
+
+
 # ---- FLOPs and MFU ------------------------------------------------------------------------------
 
 

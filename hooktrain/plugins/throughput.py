@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -146,7 +147,7 @@ class Throughput:
         self.given_flops_per_sample = flops_per_sample
         self.given_peak = peak_flops
         self.count_flops = count_flops
-        self.rss = PeakRss()
+        self.rss: PeakRss | None = None  # open from on_train_begin to on_train_end
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -164,7 +165,6 @@ class Throughput:
         self.peaks: dict[str, float] = {}
         self.peak: float | None = None
         self._peak_known = False
-        self._warned_no_main = False
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -176,6 +176,7 @@ class Throughput:
         if self.given_flops_per_sample is None and self.count_flops:
             self._watch = self.counted = FirstStepFlops(args.gradient_accumulation_steps)
         self.cuda = trainer.device if trainer.device.type == "cuda" else None
+        self.rss = PeakRss()
         self._reset_memory()
         self.started = time.perf_counter()
 
@@ -202,11 +203,12 @@ class Throughput:
         (else the attention mask's)."""
         if isinstance(batch, torch.Tensor):
             return (_WHOLE if batch.dim() else None), None, False
-        items = batch.items() if isinstance(batch, dict) else enumerate(batch) if isinstance(batch, (list, tuple)) else ()
+        mapping = isinstance(batch, Mapping)  # a dict, or transformers' BatchEncoding
+        items = batch.items() if mapping else enumerate(batch) if isinstance(batch, (list, tuple)) else ()
         sample_key = next((k for k, v in items if isinstance(v, torch.Tensor) and v.dim()), None)
         token_key: Any = None
-        masked = isinstance(batch, dict) and isinstance(batch.get(MASK_KEY), torch.Tensor)
-        if isinstance(batch, dict) and isinstance(batch.get(self.main_input), torch.Tensor):
+        masked = mapping and isinstance(batch.get(MASK_KEY), torch.Tensor)
+        if mapping and isinstance(batch.get(self.main_input), torch.Tensor):
             token_key = sample_key = self.main_input
             self.counts_main_input = True
         elif masked:
@@ -223,7 +225,7 @@ class Throughput:
 
     def _flush(self, trainer: Any, state: Any, seconds: float = 0.0) -> Window:
         """Sum this process's counts since the last flush over the processes; add them to the
-        window, the run and the state. Every process calls it at the same points."""
+        window and the state. Every process calls it at the same points."""
         self._stop_counting()
         per_sample = self.flops_per_sample
         local = [float(self.samples), float(self.tokens), float(self.real_tokens),
@@ -304,7 +306,7 @@ class Throughput:
     def memory(self) -> dict[str, float]:
         """Peak memory of this process since the last reset, in MiB; then reset."""
         logs: dict[str, float] = {}
-        rss = self.rss.read_mib()
+        rss = self.rss.read_mib() if self.rss is not None else None
         if rss is not None:
             logs["host_peak_rss_mib"] = rss
         if self.cuda is not None:
@@ -316,7 +318,8 @@ class Throughput:
         return logs
 
     def _reset_memory(self) -> None:
-        self.rss.reset()
+        if self.rss is not None:
+            self.rss.reset()
         if self.cuda is not None:
             torch.cuda.reset_peak_memory_stats(self.cuda)
 
@@ -377,6 +380,9 @@ class Throughput:
     def on_train_end(self):
         self._stop_counting()
         self.started = 0.0
+        if self.rss is not None:
+            self.rss.close()
+            self.rss = None
 
 
 def compute_dtype(args: Any) -> str:
