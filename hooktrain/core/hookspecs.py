@@ -55,6 +55,7 @@ __all__ = [
     "load_plugin_state",
     "should_save",
     "should_stop",
+    "should_end_epoch",
     "create_optimizer",
     "create_scheduler",
     "training_step",
@@ -367,12 +368,26 @@ def should_stop(
 ) -> str | None:
     """A reason to stop training now, or ``None``. Stops at first non-None result.
 
-    Asked after every optimizer step, after that step's log, evaluation and save.
+    Asked after every optimizer step, after that step's log, evaluation and save, and at every
+    epoch end, after that epoch's.
 
     :param trainer: the Trainer.
     :param args: the run's arguments.
     :param state: the run's state.
     :param metrics: the metrics of an evaluation that just ran at this step, else ``None``.
+    """
+
+
+@hookspec(firstresult=True)
+def should_end_epoch(trainer: Trainer, args: TrainingArguments, state: TrainerState) -> bool | None:
+    """Whether to end the current epoch now; training goes on with the next one. Stops at first non-None result.
+
+    Asked after every optimizer step, after ``should_stop``, only when a plugin implements it.
+    The epoch's end (``on_epoch_end``, its log, evaluation and save) follows as usual.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
     """
 
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from hooktrain.core.args import TrainingArguments
+from hooktrain.core.callbacks import CallbackMethods
 from hooktrain.core.console import console_logging
 from hooktrain.core.data import (
     ResumableBatchSampler,
@@ -44,6 +45,7 @@ STEP_HOOKS: dict[str, tuple[str, ...]] = {
     "on_step_end": ("trainer", "args", "state"),
     "should_save": ("trainer", "args", "state", "metrics", "trigger"),
     "should_stop": ("trainer", "args", "state", "metrics"),
+    "should_end_epoch": ("trainer", "args", "state"),
 }
 
 
@@ -54,7 +56,7 @@ class TrainOutput(NamedTuple):
     status: str = "completed"  # or "stopped" (should_stop, Ctrl-C) or "interrupted" (request_interrupt)
 
 
-class Trainer(Interruptible):
+class Trainer(CallbackMethods, Interruptible):
     """Train ``model`` on ``train_dataset`` as configured by ``args``; see docs/index.md."""
 
     # ---- what plugins set, in ``configure`` (the defaults are one process, no wrapper) --------
@@ -82,6 +84,7 @@ class Trainer(Interruptible):
         compute_metrics: Callable[[EvalPrediction], dict[str, float]] | None = None,
         optimizers: tuple[Any, Any] = (None, None),
         plugins: Iterable[object] = (),
+        callbacks: Iterable[Any] | None = None,
     ):
         if not isinstance(args, TrainingArguments):
             raise TypeError(f"args must be a TrainingArguments, got {type(args).__name__}")
@@ -101,6 +104,7 @@ class Trainer(Interruptible):
         self._barrier = lambda: None  # one process: nothing to wait for
         self._hooks_built = -1  # the plugin manager's ``changes`` when the step hooks were bound
         set_seed(args.seed, args.full_determinism)
+        self._set_callbacks(callbacks)  # for the plugin that runs them (hf_callbacks)
 
         self.plugin_manager: PluginManager = build_manager(
             plugins=plugins, blocked=args.disable_plugins
@@ -249,6 +253,7 @@ class Trainer(Interruptible):
             self._call = pm.step_callers(STEP_HOOKS)
             # the per-step decisions nobody answers are not asked
             self._asks_save, self._asks_stop = pm.implemented("should_save"), pm.implemented("should_stop")
+            self._end_epoch = self._call["should_end_epoch"] if pm.implemented("should_end_epoch") else None
             self._hooks_built = pm.changes
         return self._call
 
@@ -294,7 +299,7 @@ class Trainer(Interruptible):
             call, built = self._step_hooks(), pm.changes
             on_step_begin, training_step, backward = call["on_step_begin"], call["training_step"], call["backward"]
             optimizer_step, on_step_end, on_batch = call["optimizer_step"], call["on_step_end"], call["on_train_batch"]
-            asks_save, asks_stop = self._asks_save, self._asks_stop
+            asks_save, asks_stop, end_epoch = self._asks_save, self._asks_stop, self._end_epoch
             for update in range(start, steps):
                 if pm.changes != built:
                     start = update
@@ -341,7 +346,7 @@ class Trainer(Interruptible):
                     self._maybe_save(metrics, "step")
                 if asks_stop:
                     self._maybe_stop(metrics)
-                if last or state.stop_reason is not None:
+                if last or state.stop_reason is not None or (end_epoch and end_epoch(self, args, state)):
                     return stepped
             else:
                 return stepped
@@ -371,8 +376,7 @@ class Trainer(Interruptible):
         if args.eval_strategy == "epoch" and state.epoch >= args.eval_delay:
             metrics = self.evaluate()
         self._maybe_save(metrics, "epoch")
-        if metrics is not None:
-            self._maybe_stop(metrics)
+        self._maybe_stop(metrics)
 
     def _maybe_save(self, metrics: dict[str, float] | None, trigger: str) -> None:
         wanted = self._step_hooks()["should_save"](self, self.args, self.state, metrics, trigger)
