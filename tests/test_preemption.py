@@ -274,11 +274,12 @@ def test_preemption_signals_are_validated_all_at_once():
         "SIGTERM", "SIGUSR1"]
     assert TrainingArguments("out", preemption_signals="SIGUSR2").preemption_signals == ["SIGUSR2"]
     assert TrainingArguments("out").preemption_signals == ["SIGTERM"]
+    assert TrainingArguments("out", preemption_signals="none").preemption_signals == []  # the command line's []
     with pytest.raises(ArgumentError) as caught:
         TrainingArguments("out", preemption_signals=["SIGKILL", "SIGNOPE", "SIGINT"])
     message = str(caught.value)
     for part in ("preemption_signals=", "'SIGKILL' cannot be caught", "'SIGNOPE' is not a signal",
-                 "'SIGINT' is not allowed", "SIGTERM", "[] to turn the handling off"):
+                 "'SIGINT' is not allowed", "SIGTERM", "[] ('none') to turn the handling off"):
         assert part in message
 
 

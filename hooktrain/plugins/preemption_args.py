@@ -19,6 +19,8 @@ def catchable_signal_names() -> list[str]:
 
 def _signal_names(items: list[str]) -> list[str]:
     """Each name as ``SIGXXX`` (``term``, ``TERM`` and ``SIGTERM`` are the same), repeats dropped."""
+    if [str(i).strip().lower() for i in items] == ["none"]:  # the command line's way to say []
+        return []
     out: list[str] = []
     wrong: list[str] = []
     for item in items:
@@ -35,7 +37,7 @@ def _signal_names(items: list[str]) -> list[str]:
             out.append(name)
     if wrong:
         raise Invalid(f"preemption_signals={items!r} is invalid: {'; '.join(wrong)}. Allowed: "
-                      f"{', '.join(catchable_signal_names())}, or [] to turn the handling off")
+                      f"{', '.join(catchable_signal_names())}, or [] ('none') to turn the handling off")
     return out
 
 
@@ -43,7 +45,7 @@ def _signal_names(items: list[str]) -> list[str]:
 class PreemptionArguments:
     preemption_signals: list[str] = arg(
         None, "Signals that end training with a checkpoint and exit status 75 (docs/preemption.md): "
-        "names such as 'SIGTERM' or 'SIGUSR1'; [] turns the handling off.",
+        "names such as 'SIGTERM' or 'SIGUSR1'; [] or 'none' turns the handling off.",
         factory=lambda: ["SIGTERM"], normalise=_signal_names)
     resume_tracker_runs: bool = arg(
         True, "On resume, every reporter continues the tracker run stored in the checkpoint (same "
