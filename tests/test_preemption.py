@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,13 @@ ARGS = dict(
 )  # 48 samples / batch 4 = 12 micro-batches: 6 optimizer steps per epoch
 
 
-def train(out: Path, signal_at: dict | None = None, resume: bool = False, **overrides) -> dict:
+def train(out: Path, signal_at: dict | None = None, resume: bool = False, plugins: tuple = (),
+          **overrides) -> dict:
     """Train in this process; the result :class:`preempt.SignalAt` wrote at the end of ``train()``."""
     args = TrainingArguments(output_dir=str(out), **{**ARGS, **overrides})
-    trainer = Trainer(args=args, **preempt.parts({"dropout": True, **(signal_at or {})}))
+    parts = preempt.parts({"dropout": True, **(signal_at or {})})
+    parts["plugins"] += list(plugins)
+    trainer = Trainer(args=args, **parts)
     trainer.train(resume_from_checkpoint=True if resume else None)
     return json.loads((out / "result_rank0.json").read_text())
 
@@ -116,6 +120,33 @@ def test_sigterm_saves_the_last_step_and_the_resume_is_exact(tmp_path, reference
     if where in ("inside evaluation", "at the very end"):
         assert not series(result, "eval_loss", after=stopped_at - 1)  # abandoned: nothing logged
     assert_resumed_exactly(train(tmp_path, resume=True), stopped_at, reference)
+
+
+def test_sigterm_while_a_background_save_is_in_flight(tmp_path, reference, monkeypatch):
+    from hooktrain.checkpointing import writer
+
+    seal = writer.HashingWriter.seal
+
+    def slow_seal(self):  # every file of a background save takes 0.2 s more: checkpoint-3 is in flight
+        time.sleep(0.2)
+        return seal(self)
+
+    monkeypatch.setattr(writer.HashingWriter, "seal", slow_seal)
+    seen: list[bool] = []
+
+    class Look:
+        @hookimpl(tryfirst=True)
+        def on_step_end(self, state):
+            if state.global_step == 4:  # before the signal of step 4 is sent
+                seen.append((tmp_path / "checkpoint-3").exists())
+
+    result = train(tmp_path, {"at": "step", "step": 4}, plugins=(Look(),))
+    assert seen == [False]  # the signal came while checkpoint-3 was being written
+    assert (result["status"], result["global_step"]) == ("interrupted", 4)
+    assert checkpoint_steps(tmp_path) == [3, 4]  # waited for, then the synchronous one
+    assert not verify(tmp_path / "checkpoint-3") and not verify(tmp_path / "checkpoint-4")
+    monkeypatch.undo()
+    assert_resumed_exactly(train(tmp_path, resume=True), 4, reference)
 
 
 def test_hooktrain_train_exits_75_and_the_requeued_command_resumes(tmp_path, reference):
