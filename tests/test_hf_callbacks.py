@@ -31,7 +31,7 @@ from hooktrain.plugins.hf_callbacks import ADAPTER_NAME, STATE_KEY  # noqa: E402
 
 EVENTS = ("on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
           "on_step_begin", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step",
-          "on_step_end", "on_evaluate", "on_save", "on_log", "on_prediction_step")
+          "on_step_end", "on_evaluate", "on_predict", "on_save", "on_log", "on_prediction_step")
 _OURS = {f.name for f in dataclasses.fields(TrainingArguments)}
 #: synchronous saves, so that on_save comes right after its step's save, as in HF
 SYNC = {"save_async": False} if "save_async" in _OURS else {}
@@ -186,6 +186,15 @@ def test_a_callback_drives_every_control_flag_as_in_hf(tmp_path):
     assert epochs == [(e, s) for e, s in rec_hf.events if e in ("on_epoch_begin", "on_epoch_end")]
     assert epochs == [("on_epoch_begin", 0), ("on_epoch_end", 5), ("on_epoch_begin", 5), ("on_epoch_end", 10)]
     assert_same_events(rec_mine, rec_hf)
+
+
+@pytest.mark.skipif(not hasattr(Trainer, "predict"), reason="this Trainer has no predict()")
+def test_predict_fires_on_prediction_step_and_on_predict(tmp_path):
+    rec = Recorder()
+    trainer = ours(tmp_path, [rec], max_steps=2)
+    trainer.predict(RegressionDataset(8, seed=2))
+    assert [e for e, _ in rec.events] == ["on_init_end", "on_prediction_step", "on_prediction_step", "on_predict"]
+    assert rec.kwargs["on_predict"] >= {"metrics", "eval_dataloader", "model"}
 
 
 class LogsOnly(TrainerCallback):

@@ -435,6 +435,10 @@ class HFCallbackAdapter:
         self.control.should_evaluate = False
         self.fire("on_evaluate", metrics=metrics)
 
+    @hookimpl(optionalhook=True)  # Trainer.predict's event, where the Trainer has predict()
+    def on_predict(self, metrics):
+        self.fire("on_predict", metrics=metrics)
+
     @hookimpl(trylast=True)  # after best_model named the best checkpoint
     def on_save(self, checkpoint_dir):
         self.control.should_save = False
