@@ -8,7 +8,6 @@ Tracker callbacks write for real and are read back with each tracker's reader.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -32,9 +31,8 @@ from hooktrain.plugins.hf_callbacks import ADAPTER_NAME, STATE_KEY  # noqa: E402
 EVENTS = ("on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
           "on_step_begin", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step",
           "on_step_end", "on_evaluate", "on_predict", "on_save", "on_log", "on_prediction_step")
-_OURS = {f.name for f in dataclasses.fields(TrainingArguments)}
 #: synchronous saves, so that on_save comes right after its step's save, as in HF
-SYNC = {"save_async": False} if "save_async" in _OURS else {}
+SYNC = {"save_async": False}
 
 
 class Recorder(TrainerCallback):
@@ -57,14 +55,6 @@ def _recording(event):
 
 for _event in EVENTS:
     setattr(Recorder, _event, _recording(_event))
-
-
-def assert_same_events(mine: Recorder, hf: Recorder) -> None:
-    if SYNC:
-        assert mine.events == hf.events
-    else:  # background saves: on_save comes at a later step boundary (with the checkpoint's step)
-        assert [e for e in mine.events if e[0] != "on_save"] == [e for e in hf.events if e[0] != "on_save"]
-        assert [e for e in mine.events if e[0] == "on_save"] == [e for e in hf.events if e[0] == "on_save"]
 
 
 def parts(seed: int = 0) -> dict:
@@ -103,7 +93,7 @@ def test_events_come_in_hf_order_with_hf_arguments(tmp_path):
     mine, hf = Recorder(), Recorder()
     ours(tmp_path, [mine], **SCHEDULE).train()
     theirs(tmp_path, [hf], **SCHEDULE).train()
-    assert_same_events(mine, hf)
+    assert mine.events == hf.events
     assert ("on_substep_end", 0) in mine.events and ("on_prediction_step", 3) in mine.events
     standard = {"model", "processing_class", "optimizer", "lr_scheduler", "train_dataloader", "eval_dataloader"}
     for event, names in hf.kwargs.items():
@@ -185,7 +175,7 @@ def test_a_callback_drives_every_control_flag_as_in_hf(tmp_path):
     epochs = [(e, s) for e, s in rec_mine.events if e in ("on_epoch_begin", "on_epoch_end")]
     assert epochs == [(e, s) for e, s in rec_hf.events if e in ("on_epoch_begin", "on_epoch_end")]
     assert epochs == [("on_epoch_begin", 0), ("on_epoch_end", 5), ("on_epoch_begin", 5), ("on_epoch_end", 10)]
-    assert_same_events(rec_mine, rec_hf)
+    assert rec_mine.events == rec_hf.events
 
 
 @pytest.mark.skipif(not hasattr(Trainer, "predict"), reason="this Trainer has no predict()")
@@ -195,6 +185,27 @@ def test_predict_fires_on_prediction_step_and_on_predict(tmp_path):
     trainer.predict(RegressionDataset(8, seed=2))
     assert [e for e, _ in rec.events] == ["on_init_end", "on_prediction_step", "on_prediction_step", "on_predict"]
     assert rec.kwargs["on_predict"] >= {"metrics", "eval_dataloader", "model"}
+
+
+class SeesCheckpoints(TrainerCallback):
+    """What an artifact upload does in on_save: open output_dir/checkpoint-{state.global_step}."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.seen.append((state.global_step, sorted(p.name for p in path.iterdir())))
+
+
+def test_on_save_names_the_complete_checkpoint_with_background_saves(tmp_path):
+    callback = SeesCheckpoints()
+    trainer = ours(tmp_path, [callback], max_steps=6, save_strategy="steps", save_steps=2, save_async=True)
+    trainer.train()
+    assert [step for step, _ in callback.seen] == [2, 4, 6]
+    for step, files in callback.seen:  # complete when announced: the same files as on disk now
+        assert files == sorted(p.name for p in (tmp_path / "ours" / f"checkpoint-{step}").iterdir())
+        assert "model.safetensors" in files and "trainer_state.json" in files
 
 
 class LogsOnly(TrainerCallback):
