@@ -10,14 +10,18 @@ handler is put back when ``train()`` ends.
 
 The loop stops at its next check point: before an optimizer step, between the micro-batches of
 an accumulation window (the step is dropped), or between evaluation batches (the evaluation is
-abandoned). Then, in ``on_interrupt``, this plugin writes a synchronous checkpoint of the last
-completed step unless that step is saved already, and ``train()`` returns with the status
+abandoned; the checkpoint says so and the resumed run evaluates that step again first). Then, in
+``on_interrupt``, this plugin waits for a checkpoint being written in the background and writes a
+synchronous checkpoint of the last completed step unless that step is saved already (whatever
+``save_strategy`` says), and ``train()`` returns with the status
 ``"interrupted"`` and ``state.stop_reason`` = ``"preempted by SIGTERM"``; ``hooktrain train`` exits
 with :data:`EXIT_PREEMPTED`. The time from the signal to the end of ``train()`` is logged.
 
 A dropped step is rewound exactly: with gradient accumulation (one process) the torch random
-state is kept at the start of each step and put back before the checkpoint, so the resumed run
-draws the same dropout masks as an uninterrupted one.
+state (CPU and the current CUDA device) is kept at the start of each step and put back before the
+checkpoint, so the resumed run draws the same dropout masks as an uninterrupted one. Python's and
+NumPy's generators are not kept (a few µs of torch state per step; theirs would cost ~150 µs):
+a forward pass that draws from them is not rewound.
 
 Several processes: the handler only records the signal. After every optimizer step the processes
 agree, with one small all-reduce on a CPU (gloo) group, whether any of them got one; then all of
