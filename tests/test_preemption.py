@@ -340,6 +340,17 @@ def test_sigterm_to_the_torchrun_agent_stops_both_ranks_at_one_checkpoint(tmp_pa
     assert series(resumed.result(), "loss", after=4) == series(whole.result(), "loss", after=4)
 
 
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_both_at_one_checkpoint(tmp_path):
+    run = hooktrain(tmp_path / "out", {"at": "step", "step": 3, "rank": 1}, nproc=2)  # rank 1 only
+    assert run.returncode != 0, run.output[-4000:]
+    results = [run.result(rank) for rank in (0, 1)]
+    assert [(r["status"], r["global_step"]) for r in results] == [("interrupted", 4)] * 2  # agreed after step 4
+    assert [r["stop_reason"] for r in results] == [
+        "preempted by SIGTERM (received by another process)", "preempted by SIGTERM"]
+    assert checkpoint_steps(tmp_path / "out") == [3, 4] and not verify(tmp_path / "out" / "checkpoint-4")
+
+
 def test_status_is_interrupted_when_a_plugin_interrupts(tmp_path):
     class Interrupt:
         @hookimpl
