@@ -225,6 +225,22 @@ def test_a_callback_of_one_event_changes_nothing_else(tmp_path):
     assert callback.steps == [e["step"] for e in trainer.state.log_history] == [2, 4, 6, 6]
 
 
+class StopAfterSecondEpoch(TrainerCallback):
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.epoch >= 2:
+            control.should_training_stop = True
+
+
+def test_a_stop_asked_at_an_epoch_end_ends_the_run_there_as_in_hf(tmp_path):
+    mine = ours(tmp_path, [StopAfterSecondEpoch()], num_train_epochs=5, save_strategy="epoch")
+    hf = theirs(tmp_path, [StopAfterSecondEpoch()], num_train_epochs=5, save_strategy="epoch")
+    mine.train()
+    hf.train()
+    assert mine.state.global_step == hf.state.global_step == 16  # 8 steps per epoch
+    assert mine.state.stop_reason == "StopAfterSecondEpoch set control.should_training_stop in on_epoch_end"
+    assert checkpoint_steps(tmp_path / "ours") == checkpoint_steps(tmp_path / "hf") == [8, 16]
+
+
 def test_args_are_hf_training_arguments_with_our_values(tmp_path):
     trainer = ours(tmp_path, [Recorder()], report_to=["tensorboard", "mlflow"], eval_strategy="epoch",
                    save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="accuracy",
