@@ -318,6 +318,16 @@ def test_callbacks_that_cannot_run_are_refused_at_construction(tmp_path):
     assert "preemption_signals" in text and "nope" in text  # every problem at once
 
 
+class ReturnsTrue(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        return True
+
+
+def test_a_callback_returning_something_else_than_a_control_is_named(tmp_path):
+    with pytest.raises(TypeError, match=r"ReturnsTrue.on_step_end returned True; a callback returns None or a TrainerControl"):
+        ours(tmp_path, [ReturnsTrue()], max_steps=2).train()
+
+
 def test_printer_and_progress_callbacks_run(tmp_path, capsys, caplog):
     from transformers import PrinterCallback, ProgressCallback
 

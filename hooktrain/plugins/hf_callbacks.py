@@ -289,6 +289,7 @@ class HFCallbackAdapter:
         self.trainer = trainer
         self.flow = DefaultFlowCallback()
         self.control = TrainerControl()
+        self._control_class = TrainerControl
         self.state = TrainerState()
         self.args = hf_training_arguments(trainer.args)
         self._args_seen = trainer.args.to_dict()
@@ -347,6 +348,9 @@ class HFCallbackAdapter:
             was_stopping = control.should_training_stop
             result = getattr(callback, event)(self.args, self.state, control, **kwargs)
             if result is not None:
+                if not isinstance(result, self._control_class):
+                    raise TypeError(f"{type(callback).__name__}.{event} returned {result!r}; a callback "
+                                    "returns None or a TrainerControl")
                 control = result
             if control.should_training_stop and not was_stopping and callback is not self.flow:
                 self._stopped_by = (type(callback).__name__, event)
