@@ -1,13 +1,13 @@
 """Sharded training (FSDP2): real ``torchrun`` launches of gloo processes on the CPU.
 
-Four launches of ``tests/dist_scripts/train_fsdp.py``, shared by the tests (each launch trains
+Three launches of ``tests/dist_scripts/train_fsdp.py``, shared by the tests (each launch trains
 several runs one after the other in the same processes):
 
 1. 2 processes: DDP, then ``fsdp='full_shard'`` with checkpoints every 3 steps and
-   ``save_model()``, then the same with gradient checkpointing and ``load_best_model_at_end``;
-2. 2 processes: the fsdp run again, rank 1 SIGKILLs itself after step 5;
-3. 1 process: resume the checkpoint-3 of launch 1 (2 → 1), then a fresh one-process fsdp run;
-4. 2 processes: resume launch 2 (the same world size), then resume the checkpoint-3 of the
+   ``save_model()``, then the same with gradient checkpointing and ``load_best_model_at_end``,
+   then the fsdp run again in which rank 1 SIGKILLs itself after step 5 (the launch fails there);
+2. 1 process: resume the checkpoint-3 of the fsdp run (2 → 1), then a fresh one-process fsdp run;
+3. 2 processes: resume the killed run (the same world size), then resume the checkpoint-3 of the
    one-process run (1 → 2).
 
 The argument checks and the refusal of a tampered checkpoint run in-process.
@@ -82,16 +82,18 @@ def runs(tmp_path_factory):
         dict(name="ddp", out=str(base / "ddp"), **COMMON),
         dict(name="fsdp", out=str(base / "fsdp"), save_model=True, **SHARDED),
         dict(name="gc", out=str(base / "gc"), gc=True, best=True, **SHARDED),
+        dict(name="killed", out=str(base / "killed"), kill_at=5, **SHARDED),
     ])
-    assert launch.returncode == 0, launch.stdout[-6000:]
+    done = [(base / name / f"result_{name}_rank{r}.json").exists() for name in ("ddp", "fsdp", "gc") for r in (0, 1)]
+    assert all(done), launch.stdout[-6000:]
+    assert launch.returncode != 0 and "Signal 9 (SIGKILL)" in launch.stdout, launch.stdout[-4000:]
+    assert not list((base / "killed").glob("result_*"))
     return base, launch.stdout
 
 
 @pytest.fixture(scope="module")
 def resumed(runs):
     base, _ = runs
-    killed = torchrun(2, [dict(name="killed", out=str(base / "killed"), kill_at=5, **SHARDED)])
-    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stdout, killed.stdout[-4000:]
     one = torchrun(1, [
         dict(name="from2", out=str(base / "from2"), resume=str(base / "fsdp" / "checkpoint-3"), **SHARDED),
         dict(name="one", out=str(base / "one"), **SHARDED),
