@@ -291,6 +291,18 @@ def test_handlers_are_restored_and_a_second_signal_goes_to_the_previous_one(tmp_
         signal.signal(signal.SIGUSR1, old)
 
 
+def test_a_signal_as_training_ends_changes_nothing(tmp_path, caplog):
+    class Late:  # SIGTERM in on_train_end, after the last step and the summary
+        @hookimpl
+        def on_train_end(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = _trainer(tmp_path, [Late()]).train()
+    assert (result.status, result.global_step) == ("completed", 6)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert "SIGTERM arrived as training ended (status completed, step 6)" in caplog.text
+
+
 def test_without_preemption_signals_the_handler_is_left_alone(tmp_path):
     sender = SendAt(step=99)
     result = _trainer(tmp_path, [sender], preemption_signals=[]).train()
