@@ -200,14 +200,14 @@ def load_sharded(directory: Path, manifest: Mapping[str, Any], model: torch.nn.M
             "number of processes; a plain model loads the consolidated model.safetensors of save_model()")
     try:
         if optimizer is not None:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            state = {"model": model_sd, "optimizer": optim_sd}
-            dcp.load(state, storage_reader=_reader(directory, metadata), planner=_planner())
-            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+            model_sd, optim_sd = get_state_dict(model, optimizer)  # filled in place by dcp.load
+            dcp.load({"model": model_sd, "optimizer": optim_sd}, storage_reader=_reader(directory, metadata),
+                     planner=_planner())
+            set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
         else:
-            state = {"model": get_model_state_dict(model)}
-            dcp.load(state, storage_reader=_reader(directory, metadata), planner=_planner())
-            set_model_state_dict(model, state["model"])
+            model_sd = get_model_state_dict(model)
+            dcp.load({"model": model_sd}, storage_reader=_reader(directory, metadata), planner=_planner())
+            set_model_state_dict(model, model_sd)
     except (pickle.UnpicklingError, KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{directory}: the sharded state does not load into this model and "
                               f"optimizer: {type(exc).__name__}: {exc}") from exc

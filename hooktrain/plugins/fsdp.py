@@ -169,7 +169,8 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded weights on the CPU, on the main process (``{}`` elsewhere). Every process calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
 
 
 def write_consolidated(state_dict: Mapping[str, torch.Tensor], args: Any, output_dir: Path) -> None:
