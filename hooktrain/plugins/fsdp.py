@@ -13,7 +13,8 @@ rank and the device, but wraps nothing; this plugin then, when the ``Trainer`` i
   ``wrap_fn``, a Hugging Face model's ``_no_split_modules``, else the blocks of the first
   ``nn.ModuleList`` or ``nn.Sequential``), innermost first, then on the root: the parameters of
   ``trainer.model`` become ``DTensor`` shards, so the optimizer built from them keeps only this
-  process's shard of its state. ``trainer.model_wrapped`` is ``trainer.model``.
+  process's shard of its state. ``trainer.model_wrapped`` is ``trainer.model`` (under ``offload``
+  a thin :class:`OffloadedModel` around it, so that nothing moves the CPU shards to the GPU).
 
 During training the gradients are reduce-scattered after every backward (also inside a
 gradient-accumulation window: the accumulated gradients stay sharded), clipping measures the
@@ -212,6 +213,17 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
+class OffloadedModel(torch.nn.Module):
+    """``trainer.model_wrapped`` under ``offload``: forwards to the sharded model, whose shards stay on the CPU."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
 # ---- the plugin --------------------------------------------------------------------------------
 
 
@@ -314,7 +326,9 @@ def configure(trainer, args):
     model = trainer.model
     units = shard_model(model, mesh, wrap_targets(model, config), reshard_after_forward=reshard,
                         param_dtype=dtype, reduce_dtype=reduce_dtype, offload="offload" in args.fsdp)
-    trainer.model_wrapped = model
+    # with offload the shards live in CPU memory: a wrapper keeps the Trainer from moving the
+    # model (its own parameters) to the GPU, which FSDP refuses
+    trainer.model_wrapped = OffloadedModel(model) if "offload" in args.fsdp else model
     sharding = next((s for s in SHARDING if s in args.fsdp), SHARDING[0])
     options = [sharding, *(o for o in args.fsdp if o not in SHARDING and o != "auto_wrap")]
     precision = "fp32" if dtype is None else (
