@@ -864,8 +864,9 @@ def _same_batches(a, b):
 
 @pytest.mark.parametrize("dataset", [Items(11), GetItems(11)], ids=["getitem", "getitems"])
 def test_iterate_batches_yields_what_iterating_the_dataloader_yields(tmp_path, dataset):
-    trainer = Trainer(Net(), TrainingArguments(output_dir=str(tmp_path), report_to="none",
-                                               per_device_train_batch_size=3), train_dataset=dataset)
+    trainer = Trainer(Net(), TrainingArguments(output_dir=str(tmp_path), report_to="none",  # keep "batched"
+                                               per_device_train_batch_size=3, remove_unused_columns=False),
+                      train_dataset=dataset)
     loader = trainer.get_train_dataloader()
     for epoch, skip in ((0, 0), (1, 2)):
         loader.batch_sampler.set_epoch(epoch)

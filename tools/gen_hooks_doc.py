@@ -13,7 +13,7 @@ SECTIONS = [
      ["validate_args", "configure", "register_reporters", "register_save_policies"]),
     ("Events", "every implementation runs; the return value is ignored",
      ["on_train_begin", "on_epoch_begin", "on_step_begin", "on_train_batch", "on_step_end", "on_log",
-      "on_evaluate", "on_save", "on_epoch_end", "on_train_end", "on_exception", "on_interrupt"]),
+      "on_evaluate", "on_predict", "on_save", "on_epoch_end", "on_train_end", "on_exception", "on_interrupt"]),
     ("Contributions", "every implementation runs; the loop merges what they return",
      ["extra_logs", "summary_logs", "protected_checkpoints", "plugin_state", "load_plugin_state"]),
     ("Decisions", "firstresult: the first non-None answer wins; built-in answers are trylast",

@@ -25,6 +25,7 @@ keys).
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hooktrain.core.errors import ArgumentError, did_you_mean
+from hooktrain.core.hf_names import HF_NAMES, translate
 from hooktrain.core.settings import (
     ArgSpec,
     Checks,
@@ -58,6 +60,14 @@ __all__ = ["OWNERS", "ArgSpec", "CoreArguments", "TrainingArguments", "argument_
 STRATEGIES = ("no", "steps", "epoch")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical", "passive")
 SEED_MAX = 2**32 - 1
+SAMPLING_STRATEGIES = ("random", "sequential", "group_by_length")
+
+
+def _no_batch_rebalance(value: Any) -> Any:
+    if value == "batch_rebalance":
+        raise Invalid("train_sampling_strategy='batch_rebalance' is not supported by hooktrain: "
+                      "use 'group_by_length'")
+    return value
 
 
 def _expand_path(value: str) -> str:
@@ -135,6 +145,35 @@ class CoreArguments:
     log_level: str = arg(
         "passive", "Level of the hooktrain logger on the main process; 'passive' leaves "
         "it as configured.", choices=LOG_LEVELS)
+    log_level_replica: str = arg(
+        "warning", "Level of the hooktrain logger on the other processes; 'passive' leaves it "
+        "as configured.", choices=LOG_LEVELS)
+    log_on_each_node: bool = arg(
+        True, "With several machines, the first process of each machine logs at log_level (else "
+        "only the first process of the run).")
+    remove_unused_columns: bool = arg(
+        True, "Drop the dataset columns (datasets.Dataset) or item keys (other datasets of dicts) "
+        "that the model's forward does not take, keeping label/label_ids/label_names; only when "
+        "the loss comes from model(**batch) (no compute_loss).")
+    train_sampling_strategy: str = arg(
+        "random", "Order of the training samples: 'random' (shuffled each epoch), 'sequential', "
+        "or 'group_by_length' (batches of similar lengths, less padding).",
+        choices=SAMPLING_STRATEGIES, parse=_no_batch_rebalance)
+    length_column_name: str = arg(
+        "length", "Column of a datasets.Dataset holding precomputed lengths for 'group_by_length' "
+        "(else the length of each item's input_ids).", nonempty=True)
+    dataloader_multiprocessing_context: str | None = arg(
+        None, "Start method of the DataLoader workers (needs dataloader_num_workers > 0); None "
+        "uses the platform's default.", choices=(None, "fork", "spawn", "forkserver"))
+    auto_find_batch_size: bool = arg(
+        False, "On running out of memory, start training again with per_device_train_batch_size "
+        "reduced to 90% (down to 1), as accelerate does.")
+    do_train: bool = arg(
+        False, "For your script to read (Hugging Face's example scripts do); hooktrain ignores it.")
+    do_eval: bool = arg(
+        False, "For your script to read (Hugging Face's example scripts do); hooktrain ignores it.")
+    do_predict: bool = arg(
+        False, "For your script to read (Hugging Face's example scripts do); hooktrain ignores it.")
 
 
 
@@ -170,6 +209,9 @@ def _check_core(a: Any, c: Checks) -> None:
                   "dataloader_num_workers > 0")
     if no_workers and c.ok("dataloader_persistent_workers") and a.dataloader_persistent_workers:
         c.problem("dataloader_persistent_workers=True is invalid: needs dataloader_num_workers > 0")
+    if no_workers and c.ok("dataloader_multiprocessing_context") and a.dataloader_multiprocessing_context:
+        c.problem(f"dataloader_multiprocessing_context={a.dataloader_multiprocessing_context!r} is "
+                  "invalid: needs dataloader_num_workers > 0")
     if c.ok("disable_plugins") and any(not n.strip() for n in a.disable_plugins):
         c.problem(f"disable_plugins={a.disable_plugins!r} is invalid: names must be non-empty")
 
@@ -214,7 +256,9 @@ class _ArgumentsBehaviour:
             object.__setattr__(self, name, value)
             return
         names = [f.name for f in fields(_dc(self))]
-        if name not in names:
+        if name in HF_NAMES:  # a Hugging Face name of another field (or a refused one)
+            names.append(name)
+        elif name not in names:
             if hasattr(type(self), name):  # e.g. a test monkeypatching a method
                 object.__setattr__(self, name, value)
                 return
@@ -235,6 +279,9 @@ class _ArgumentsBehaviour:
 
     def _rebuild(self: _A, changes: dict[str, Any]) -> _A:
         _check_names(type(self), changes)
+        changes, problems = translate(changes, stacklevel=4)
+        if problems:
+            raise ArgumentError(problems)
         values = {f.name: getattr(self, f.name) for f in fields(_dc(self))}
         for name, before in self._derived.items():
             if name not in changes:
@@ -306,10 +353,30 @@ class _ArgumentsBehaviour:
 
 
 def _check_names(cls: type, names: typing.Iterable[str]) -> None:
+    """Every name is a field or a Hugging Face name that :data:`HF_NAMES` answers."""
     known = [f.name for f in fields(cls)]
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known and n not in HF_NAMES]
     if unknown:
-        raise ArgumentError([f"unknown argument {n!r}{did_you_mean(n, known)}" for n in unknown])
+        raise ArgumentError([f"unknown argument {n!r}{did_you_mean(n, [*known, *HF_NAMES])}"
+                             for n in unknown])
+
+
+def _reading_hf_names(init: typing.Callable[..., None]) -> typing.Callable[..., None]:
+    """The dataclass ``__init__`` behind one that first translates Hugging Face's other names
+    (:func:`hooktrain.core.hf_names.translate`): their problems are raised with the fields'."""
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        _check_names(type(self), kwargs)
+        kwargs, problems = translate(kwargs)
+        try:
+            init(self, *args, **kwargs)
+        except ArgumentError as exc:
+            raise ArgumentError(problems + exc.problems) from None
+        if problems:
+            raise ArgumentError(problems)
+
+    return __init__
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -371,3 +438,4 @@ if typing.TYPE_CHECKING:  # what type checkers see; at run time the class is com
 else:
     TrainingArguments = compose("TrainingArguments", __name__, GROUPS,
                                 _ArgumentsBehaviour)
+    TrainingArguments.__init__ = _reading_hf_names(TrainingArguments.__init__)

@@ -14,12 +14,14 @@ values and flags override them. ``render_arguments_markdown()`` produces ``docs/
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hooktrain.core.args import GROUPS, OWNERS, TrainingArguments, load_config_file
 from hooktrain.core.errors import ArgumentError, did_you_mean
+from hooktrain.core.hf_names import HF_NAMES
 from hooktrain.core.settings import ArgSpec, argument_specs
 
 __all__ = ["build_parser", "load_config_file", "parse_args", "render_arguments_markdown"]
@@ -96,7 +98,44 @@ def build_parser(defaults: Mapping[str, Any] | None = None) -> argparse.Argument
             if spec.kind == "list":
                 kw.update(nargs="+", metavar="NAME")
             group.add_argument(f"--{spec.name}", **kw)
+    _add_hf_names(parser)
     return parser
+
+
+def _any_value(text: str) -> Any:
+    """A flag of :data:`~hooktrain.core.hf_names.HF_NAMES` with no field of its own: a bool, a
+    number, ``none`` or JSON when it reads as one, else the text."""
+    low = text.strip().lower()
+    if low in _NONE:
+        return None
+    if low in _TRUE or low in _FALSE:
+        return low in _TRUE
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.strip()[:1] in "{[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def _add_hf_names(parser: argparse.ArgumentParser) -> None:
+    """Hidden flags for Hugging Face's other names (older spellings, aliases, refused features):
+    ``TrainingArguments`` translates them, or says why not."""
+    specs = {s.name: s for s in argument_specs(TrainingArguments)}
+    for entry in HF_NAMES.values():
+        target = specs.get(entry.target or "")
+        convert = _converter(target) if target is not None and entry.convert is None else _any_value
+        if target is not None and target.kind == "list" and entry.convert is None:
+            parser.add_argument(f"--{entry.name}", dest=entry.name, type=convert, nargs="+",
+                                help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(f"--{entry.name}", dest=entry.name, type=convert, nargs="?",
+                                const=True, help=argparse.SUPPRESS)
 
 
 def parse_args(

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hooktrain.core.columns import drop_unused_columns, sample_lengths
+
 
 class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of indices whose order depends only on ``(seed, epoch)``.
@@ -32,6 +34,8 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         pad: bool = True,
+        lengths: list[int] | None = None,
+        group_size: int = 0,
     ):
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -41,6 +45,8 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.pad = pad
+        self.lengths = lengths  # group_by_length: similar lengths in a batch, the longest first
+        self.group_size = group_size or batch_size
         self.epoch = 0
         self._skip = 0
         self.per_rank = math.ceil(num_samples / world_size) if pad else len(range(rank, num_samples, world_size))
@@ -57,6 +63,8 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.num_samples, generator=g).tolist()
+            if self.lengths is not None:
+                order = group_by_length(order, self.lengths, self.group_size)
         else:
             order = list(range(self.num_samples))
         if self.world_size > 1:
@@ -76,6 +84,20 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         start, self._skip = self._skip, 0
         for b in range(start, len(self)):
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+def group_by_length(order: list[int], lengths: Sequence[int], group_size: int) -> list[int]:
+    """*order* cut into mega-batches (50 groups, or fewer to make 4), each sorted by length, longest
+    first, and the longest sample of all moved to the front (an out-of-memory shows at once), as
+    Hugging Face's ``LengthGroupedSampler`` does."""
+    mult = max(min(len(order) // (group_size * 4), 50), 1)
+    size = mult * group_size
+    megas = [sorted(order[i : i + size], key=lambda j: lengths[j], reverse=True)
+             for i in range(0, len(order), size)]
+    if megas:
+        top = max(range(len(megas)), key=lambda m: lengths[megas[m][0]])
+        megas[0][0], megas[top][0] = megas[top][0], megas[0][0]
+    return [i for mega in megas for i in mega]
 
 
 def iterate_batches(loader: Iterable[Any]) -> Iterator[Any]:
@@ -122,6 +144,18 @@ def default_collate(items: Sequence[Any]) -> Any:
     return torch.utils.data.default_collate(list(items))
 
 
+class PlainDicts:
+    """A collator whose mapping batches that are not dicts (transformers' ``BatchEncoding``, from
+    ``DataCollatorWithPadding``) become dicts, which ``model(**batch)`` and the plugins expect."""
+
+    def __init__(self, collate: Any):
+        self.collate = collate
+
+    def __call__(self, items: list[Any]) -> Any:
+        batch = self.collate(items)
+        return dict(batch) if isinstance(batch, Mapping) and not isinstance(batch, dict) else batch
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move the tensors of a batch (dict, list, tuple or tensor) to *device*."""
     if isinstance(batch, torch.Tensor):
@@ -135,11 +169,17 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def make_loader(
     dataset: Any, args: Any, batch_size: int, train: bool, collate_fn: Any, pin_memory: bool,
-    *, rank: int = 0, world_size: int = 1,
+    *, rank: int = 0, world_size: int = 1, forward: Any = None,
 ) -> torch.utils.data.DataLoader:
     """The Trainer's loader of *dataset*: shuffled by a seeded :class:`ResumableBatchSampler` for
-    training (padded to a multiple of the processes), in order for evaluation. Data without a
-    length (an iterable dataset) is batched as it comes. Never draws from the global RNG."""
+    training (padded to a multiple of the processes; ``train_sampling_strategy``), in order for
+    evaluation. Data without a length (an iterable dataset) is batched as it comes. With
+    ``remove_unused_columns`` and the *forward* model the batches are fed to, only the columns it
+    takes are kept (:mod:`hooktrain.core.columns`). Never draws from the global RNG."""
+    if forward is not None and args.remove_unused_columns:
+        dataset, collate_fn = drop_unused_columns(dataset, collate_fn, forward, args.label_names)
+    if collate_fn is not default_collate:
+        collate_fn = PlainDicts(collate_fn)
     seed = args.data_seed if args.data_seed is not None else args.seed
     kwargs: dict[str, Any] = dict(
         collate_fn=collate_fn, num_workers=args.dataloader_num_workers, pin_memory=pin_memory,
@@ -148,12 +188,16 @@ def make_loader(
     if args.dataloader_num_workers > 0:
         kwargs["persistent_workers"] = args.dataloader_persistent_workers
         kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
+        kwargs["multiprocessing_context"] = args.dataloader_multiprocessing_context
     drop_last = train and args.dataloader_drop_last
     if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
+    strategy = args.train_sampling_strategy if train else "sequential"
+    lengths = sample_lengths(dataset, args.length_column_name) if strategy == "group_by_length" else None
     sampler = ResumableBatchSampler(
-        len(dataset), batch_size, shuffle=train, seed=seed, drop_last=drop_last,
-        rank=rank, world_size=world_size, pad=train,
+        len(dataset), batch_size, shuffle=strategy != "sequential", seed=seed, drop_last=drop_last,
+        rank=rank, world_size=world_size, pad=train, lengths=lengths,
+        group_size=batch_size * args.gradient_accumulation_steps,
     )
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
 

@@ -43,6 +43,7 @@ __all__ = [
     "on_step_end",
     "on_log",
     "on_evaluate",
+    "on_predict",
     "on_save",
     "on_epoch_end",
     "on_train_end",
@@ -208,6 +209,20 @@ def on_evaluate(
     :param args: the run's arguments.
     :param state: the run's state.
     :param metrics: the evaluation metrics (a fresh dict for each implementation).
+    """
+
+
+@hookspec
+def on_predict(
+    trainer: Trainer, args: TrainingArguments, state: TrainerState, metrics: dict[str, float]
+) -> None:
+    """``Trainer.predict`` finished; *metrics* carry its prefix (``test_`` by default). Nothing
+    was logged.
+
+    :param trainer: the Trainer.
+    :param args: the run's arguments.
+    :param state: the run's state.
+    :param metrics: the prediction metrics (a fresh dict for each implementation).
     """
 
 

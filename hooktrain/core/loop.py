@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 import torch
 
 from hooktrain.core.args import TrainingArguments
+from hooktrain.core.batch_size import train_finding_batch_size
 from hooktrain.core.callbacks import CallbackMethods
-from hooktrain.core.console import console_logging
+from hooktrain.core.console import console_logging, log_level_of
 from hooktrain.core.data import (
     ResumableBatchSampler,
     default_collate,
@@ -23,6 +24,7 @@ from hooktrain.core.data import (
     to_device,
 )
 from hooktrain.core.errors import ArgumentError
+from hooktrain.core.evaluation import EvaluationMethods
 from hooktrain.core.grads import grad_clearer
 from hooktrain.core.interrupts import Interruptible, TrainingInterrupted
 from hooktrain.core.losses import LossWindow
@@ -56,7 +58,7 @@ class TrainOutput(NamedTuple):
     status: str = "completed"  # or "stopped" (should_stop, Ctrl-C) or "interrupted" (request_interrupt)
 
 
-class Trainer(CallbackMethods, Interruptible):
+class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
     """Train ``model`` on ``train_dataset`` as configured by ``args``; see docs/index.md."""
 
     # ---- what plugins set, in ``configure`` (the defaults are one process, no wrapper) --------
@@ -72,6 +74,7 @@ class Trainer(CallbackMethods, Interruptible):
     _barrier: Callable[[], None]
     #: The fp16 loss scaler (precision); the checkpoint plugin saves and restores its state.
     grad_scaler: torch.amp.GradScaler | None = None
+    _finding_batch_size = False  # auto_find_batch_size: a train() inside the search
 
     def __init__(
         self,
@@ -119,7 +122,7 @@ class Trainer(CallbackMethods, Interruptible):
         hook.configure(trainer=self, args=args)
         self.plugin_manager.check_pending()
         self.state.is_world_process_zero = self.process_index == 0
-        console_logging(args.log_level, self.process_index == 0)
+        console_logging(*log_level_of(args, self.process_index, self.local_process_index))
         if self.model_wrapped is self.model:
             self.model.to(self.device)
 
@@ -149,8 +152,8 @@ class Trainer(CallbackMethods, Interruptible):
 
     def _loader(self, dataset: Any, batch_size: int, train: bool) -> torch.utils.data.DataLoader:
         pin = self.args.dataloader_pin_memory and self.device.type == "cuda"
-        return make_loader(dataset, self.args, batch_size, train, self.data_collator, pin,
-                           rank=self.process_index, world_size=self.world_size)
+        return make_loader(dataset, self.args, batch_size, train, self.data_collator, pin, rank=self.process_index,
+                           world_size=self.world_size, forward=None if self.compute_loss_func else self.model)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         if self.train_dataset is None:
@@ -187,6 +190,8 @@ class Trainer(CallbackMethods, Interruptible):
     # ---- training ------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        if self.args.auto_find_batch_size and not self._finding_batch_size:  # core/batch_size.py
+            return train_finding_batch_size(self, self.train, resume_from_checkpoint)  # type: ignore[no-any-return]
         args, state, pm = self.args, self.state, self.plugin_manager
         hook = pm.hook
         loader = self.get_train_dataloader()
@@ -357,8 +362,8 @@ class Trainer(CallbackMethods, Interruptible):
         call, model, n = self._call, self.model_wrapped, len(micro)
         losses = []
         for i, batch in enumerate(micro):
-            call["on_train_batch"](self, batch)
             self.check_interrupt()  # between micro-batches: an interrupt drops the step
+            call["on_train_batch"](self, batch)
             if self.device.type != "cpu":
                 batch = to_device(batch, self.device)
             # gradients are all-reduced (DDP) only on the last micro-batch of the window
@@ -445,39 +450,6 @@ class Trainer(CallbackMethods, Interruptible):
         for extra in self.plugin_manager.hook.summary_logs(trainer=self, state=self.state):
             metrics.update(extra or {})
         self.log(metrics)
-        return metrics
-
-    # ---- evaluation ----------------------------------------------------------------------
-
-    def evaluate(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Evaluate and return ``{prefix}_loss`` plus ``compute_metrics`` results, prefixed."""
-        loader = self.get_eval_dataloader(eval_dataset)
-        model = self.model
-        was_training = model.training
-        model.eval()
-        start = time.time()
-        with torch.no_grad():
-            out = self.plugin_manager.hook.evaluation_loop(trainer=self, model=model, dataloader=loader)
-        model.train(was_training)
-        metrics: dict[str, float] = {}
-        if out.loss is not None:
-            metrics["loss"] = out.loss
-        if self.compute_metrics is not None and out.predictions is not None:
-            metrics.update(self.compute_metrics(EvalPrediction(out.predictions, out.label_ids)))
-        runtime = time.time() - start
-        metrics.update(
-            runtime=round(runtime, 4),
-            samples_per_second=round(out.num_samples / runtime, 3) if runtime else 0.0,
-            steps_per_second=round(len(loader) / runtime, 3) if runtime else 0.0,
-        )
-        metrics = {
-            (k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}"): float(v)
-            for k, v in metrics.items()
-        }
-        self.log(metrics)
-        self.plugin_manager.call_each(
-            "on_evaluate", fresh="metrics", trainer=self, args=self.args, state=self.state, metrics=metrics
-        )
         return metrics
 
     # ---- saving ---------------------------------------------------------------------------

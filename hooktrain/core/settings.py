@@ -59,6 +59,15 @@ def is_name(text: str) -> bool:
     return bool(_NAME_RE.match(text))
 
 
+class _Metadata(dict):  # type: ignore[type-arg]
+    """A field's metadata, whose ``keys()`` show only ``help``: Hugging Face's ``HfArgumentParser``
+    passes ``dict(field.metadata)`` to ``argparse.add_argument``, so scripts that parse
+    ``TrainingArguments`` with it work unchanged. ``items()`` and lookups see every option."""
+
+    def keys(self) -> Any:
+        return {"help": None}.keys()
+
+
 def arg(
     default: Any,
     help: str,
@@ -90,7 +99,7 @@ def arg(
     :param normalise: runs on the type-checked value and returns its canonical form; raise
         :class:`Invalid` for a bad value.
     """
-    metadata: dict[str, Any] = {"help": help}
+    metadata: dict[str, Any] = _Metadata(help=help)
     options = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "parse": parse,
                "normalise": normalise}
     metadata.update({k: v for k, v in options.items() if v is not None})
@@ -134,7 +143,7 @@ def set_owner(group: type, owner: str) -> None:
     own = group.__dict__.get("__annotations__", {})
     for f in fields(group):
         if f.name in own:
-            f.metadata = types.MappingProxyType({**f.metadata, "owner": owner})
+            f.metadata = types.MappingProxyType(_Metadata([*f.metadata.items(), ("owner", owner)]))
 
 
 # ---------------------------------------------------------------------- field specs

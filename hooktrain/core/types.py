@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,10 +22,28 @@ class EvalOutput:
     predictions: Any
     label_ids: Any
     num_samples: int
+    inputs: Any = None  # include_for_metrics=["inputs"]
+    losses: Any = None  # include_for_metrics=["loss"]: one per sample
+    metrics: dict[str, float] | None = None  # computed batch by batch (batch_eval_metrics)
 
 
-class EvalPrediction(NamedTuple):
-    """The object given to ``compute_metrics``; also unpacks as ``(predictions, label_ids)``."""
+class EvalPrediction:
+    """The object given to ``compute_metrics``: ``predictions``, ``label_ids`` and, when asked for
+    (``include_for_metrics``), ``inputs`` and ``losses``. Unpacks as ``(predictions, label_ids)``
+    followed by those of the other two that are set, as Hugging Face's does."""
 
-    predictions: Any
-    label_ids: Any
+    def __init__(self, predictions: Any, label_ids: Any, inputs: Any = None, losses: Any = None):
+        self.predictions = predictions
+        self.label_ids = label_ids
+        self.inputs = inputs
+        self.losses = losses
+        self._items = (predictions, label_ids, *(x for x in (inputs, losses) if x is not None))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)

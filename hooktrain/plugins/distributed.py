@@ -247,7 +247,7 @@ class DistributedRun:
         indices: list[int] | None = None
         if isinstance(sampler, ResumableBatchSampler) and sampler.world_size == self.world_size:
             indices = sampler.indices()[: out.num_samples]
-        mine = (out.loss, out.num_samples, indices, out.predictions, out.label_ids)
+        mine = (out.loss, out.num_samples, indices, out.predictions, out.label_ids, out.inputs, out.losses)
         return merge_eval_outputs(self.all_gather_object(mine))
 
 
@@ -255,7 +255,8 @@ class DistributedRun:
 
 
 def merge_eval_outputs(parts: list[tuple[Any, ...]]) -> EvalOutput:
-    """One :class:`EvalOutput` from every process's ``(loss, n, indices, predictions, labels)``.
+    """One :class:`EvalOutput` from every process's ``(loss, n, indices, predictions, labels[, inputs,
+    losses])``.
 
     With *indices* (the dataset index of each of a process's samples), results are put back in
     dataset order and an index seen twice (the padding of a shard) counts once; otherwise they
@@ -280,6 +281,8 @@ def merge_eval_outputs(parts: list[tuple[Any, ...]]) -> EvalOutput:
         predictions=_merge([p[3] for p in parts], order),
         label_ids=_merge([p[4] for p in parts], order),
         num_samples=num_samples,
+        inputs=_merge([p[5] if len(p) > 5 else None for p in parts], order),
+        losses=_merge([p[6] if len(p) > 6 else None for p in parts], order),
     )
 
 

@@ -13,8 +13,8 @@ class DistributedArguments:
         None, "torch.distributed backend; None picks nccl on CUDA, else gloo.",
         choices=(None, *DDP_BACKENDS))
     ddp_timeout: int = arg(1800, "Seconds before collective operations time out.", gt=0)
-    ddp_find_unused_parameters: bool = arg(
-        False, "DistributedDataParallel find_unused_parameters.")
+    ddp_find_unused_parameters: bool | None = arg(
+        False, "DistributedDataParallel find_unused_parameters; None means False.")
     ddp_bucket_cap_mb: int | None = arg(
         None, "DistributedDataParallel bucket_cap_mb; None uses torch's default.", ge=1)
     ddp_broadcast_buffers: bool | None = arg(

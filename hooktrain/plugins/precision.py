@@ -360,7 +360,7 @@ def configure(trainer, args):
                           label_names=args.label_names or ["labels"]),
             name="precision.eval",
         )
-    if tf32_capable(device):
+    if tf32_capable(device) and args.tf32 is not None:
         pm.register(Tf32Flags(args.tf32), name="precision.tf32")
 
 

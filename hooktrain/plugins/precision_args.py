@@ -19,8 +19,9 @@ class PrecisionArguments:
     bf16_full_eval: bool = arg(
         False, "Evaluate with the model cast to bf16; the training weights are restored bitwise "
         "afterwards.")
-    tf32: bool = arg(
-        True, "Allow TF32 matmuls and convolutions on NVIDIA Ampere or newer; no effect elsewhere.")
+    tf32: bool | None = arg(
+        True, "Allow TF32 matmuls and convolutions on NVIDIA Ampere or newer; no effect elsewhere. "
+        "None leaves torch's settings as they are (Hugging Face's default).")
 
 
 def check(a: Any, c: Checks) -> None:

@@ -2,7 +2,8 @@
 
 Every hook here is ``trylast``: a plugin that implements the same hook replaces it.
 Reads: max_grad_norm, label_smoothing_factor,
-torch_empty_cache_steps, label_names, prediction_loss_only, logging_nan_inf_filter.
+torch_empty_cache_steps, label_names, prediction_loss_only, logging_nan_inf_filter,
+include_for_metrics, batch_eval_metrics, eval_do_concat_batches.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from hooktrain.core.data import concat_padded, iterate_batches, to_device
 from hooktrain.core.grads import clip_or_measure, forget_parameters
 from hooktrain.core.markers import hookimpl
-from hooktrain.core.types import EvalOutput, StepOutcome
+from hooktrain.core.types import EvalOutput, EvalPrediction, StepOutcome
 
 
 @hookimpl(trylast=True)
@@ -121,22 +122,47 @@ def _batch_size(batch: Any) -> int:
     return 1
 
 
-def _concat(chunks: list[torch.Tensor]) -> Any:
+def _concat(chunks: list[torch.Tensor], concat: bool = True) -> Any:
     if not chunks:
         return None
-    return concat_padded([c.numpy() for c in chunks])
+    arrays = [c.numpy() for c in chunks]
+    return concat_padded(arrays) if concat else arrays
+
+
+def _main_input(model: Any, batch: Any, label_names: list[str]) -> Any:
+    """The model's main input in *batch*: ``model.main_input_name`` (``input_ids`` without one),
+    else the batch's first tensor that is not a label."""
+    if not isinstance(batch, dict):
+        return batch if isinstance(batch, torch.Tensor) else None
+    name = getattr(model, "main_input_name", "input_ids")
+    if name in batch:
+        return batch[name]
+    return next((v for k, v in batch.items() if k not in label_names and isinstance(v, torch.Tensor)), None)
 
 
 @hookimpl(trylast=True)
 def evaluation_loop(trainer, model, dataloader):
+    """The mean loss and, when something needs them (``compute_metrics``, ``predict()``), the
+    predictions and labels (``include_for_metrics``: the inputs and per-sample losses too)."""
     args = trainer.args
     label_names = args.label_names or ["labels"]
-    want_predictions = trainer.compute_metrics is not None and not args.prediction_loss_only
+    want_predictions = (trainer.compute_metrics is not None or trainer.predicting) and not args.prediction_loss_only
+    want_inputs, want_losses = "inputs" in args.include_for_metrics, "loss" in args.include_for_metrics
+    per_batch = args.batch_eval_metrics and trainer.compute_metrics is not None  # HF's batch_eval_metrics
+    keep = not per_batch or trainer.predicting  # predict() returns the predictions too
+    if per_batch and trainer.world_size > 1:
+        raise ValueError("batch_eval_metrics=True runs compute_metrics on each process's own batches: "
+                         "hooktrain supports it in a single process only; set it to False")
     loss_sum, loss_count, samples = 0.0, 0, 0
     predictions: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] = []
+    losses: list[torch.Tensor] = []
     labels: dict[str, list[torch.Tensor]] = {name: [] for name in label_names}
+    metrics = None
     check_interrupt = trainer.check_interrupt  # an interrupt abandons the evaluation (core/interrupts)
-    for batch in iterate_batches(dataloader):
+    batches = iterate_batches(dataloader)
+    batch = next(batches, None)
+    while batch is not None:
         check_interrupt()
         batch = to_device(batch, trainer.device)
         loss, outputs = trainer.compute_loss(model, batch)
@@ -147,18 +173,45 @@ def evaluation_loop(trainer, model, dataloader):
             if math.isfinite(value) or not args.logging_nan_inf_filter:
                 loss_sum += value * size
                 loss_count += size
+        following = next(batches, None)
         if want_predictions:
             logits = _logits(outputs)
+            kept = len(predictions)
             if logits is not None:
                 predictions.append(logits.detach().float().cpu())
             for name in label_names:
                 if isinstance(batch, dict) and name in batch:
                     labels[name].append(batch[name].detach().cpu())
-    label_arrays = [_concat(v) for v in labels.values() if v]
+            main = _main_input(model, batch, label_names) if want_inputs else None
+            if main is not None:
+                inputs.append(main.detach().cpu())
+            if want_losses and loss is not None:
+                losses.append(loss.detach().float().cpu().reshape(1).repeat(size))
+            if per_batch and len(predictions) > kept:
+                metrics = trainer.compute_metrics(_last_batch(predictions, labels, inputs, losses),
+                                                  compute_result=following is None)
+                if not keep:
+                    for chunks in (predictions, inputs, losses, *labels.values()):
+                        chunks.clear()
+        batch = following
+    concat = args.eval_do_concat_batches
+    label_arrays = [_concat(v, concat) for v in labels.values() if v]
     label_ids = label_arrays[0] if len(label_arrays) == 1 else (tuple(label_arrays) or None)
     return EvalOutput(
         loss=loss_sum / loss_count if loss_count else None,
-        predictions=_concat(predictions),
+        predictions=_concat(predictions, concat),
         label_ids=label_ids,
         num_samples=samples,
+        inputs=_concat(inputs, concat),
+        losses=_concat(losses, concat),
+        metrics=metrics,
     )
+
+
+def _last_batch(predictions: list[torch.Tensor], labels: dict[str, list[torch.Tensor]],
+                inputs: list[torch.Tensor], losses: list[torch.Tensor]) -> EvalPrediction:
+    """The :class:`EvalPrediction` of the batch just gathered (``batch_eval_metrics``)."""
+    label_ids = [v[-1].numpy() for v in labels.values() if v]
+    return EvalPrediction(
+        predictions[-1].numpy(), label_ids[0] if len(label_ids) == 1 else (tuple(label_ids) or None),
+        inputs[-1].numpy() if inputs else None, losses[-1].numpy() if losses else None)

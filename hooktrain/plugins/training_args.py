@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from hooktrain.core.settings import arg, config_group
+from typing import Any
+
+from hooktrain.core.settings import Checks, arg, config_group
+
+#: What ``include_for_metrics`` may name (Hugging Face's values).
+METRICS_INPUTS = ("inputs", "loss")
 
 
 @config_group
@@ -14,3 +19,20 @@ class TrainingStepArguments:
         ge=0, lt=1)
     torch_empty_cache_steps: int | None = arg(
         None, "Empty the accelerator's memory cache every N steps; None never does.", ge=1)
+    include_for_metrics: list[str] = arg(
+        None, "Also give compute_metrics the model's inputs ('inputs': EvalPrediction.inputs) and "
+        "the per-sample losses ('loss': EvalPrediction.losses).", factory=list)
+    batch_eval_metrics: bool = arg(
+        False, "Call compute_metrics after every evaluation batch (with compute_result=False, and "
+        "True on the last one, whose result is returned) instead of once on everything gathered.")
+    eval_do_concat_batches: bool = arg(
+        True, "Concatenate the evaluation batches' predictions/labels/inputs/losses; False gives "
+        "compute_metrics lists with one array per batch.")
+
+
+def check(a: Any, c: Checks) -> None:
+    if c.ok("include_for_metrics"):
+        wrong = [x for x in a.include_for_metrics if x not in METRICS_INPUTS]
+        if wrong:
+            c.problem(f"include_for_metrics={a.include_for_metrics!r} is invalid: {wrong[0]!r} is not "
+                      f"one of {', '.join(map(repr, METRICS_INPUTS))}")
