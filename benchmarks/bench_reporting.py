@@ -20,6 +20,9 @@ Two measures of every run:
   whole ``trainer.train()`` call, which includes the optimizer and scheduler set-up, the
   reporter's start (creating its writer, logging the config) and its end (flushing and closing
   the writer, waiting for its thread). Model and data are built before either clock starts.
+  Wall time is the target; the CPU time of the process over the same span (every thread) is
+  printed too, as a steadier figure on a shared machine (it misses waiting, which wall time
+  catches).
 
 Repetitions interleave the variants; a ratio is the median of the per-repetition ratios. The
 training thread's cost per log event is reported two ways: the time spent inside the reporting
@@ -27,7 +30,7 @@ plugin's ``on_log`` (timed around that one hook implementation), and the per-ste
 between reporting to TensorBoard and reporting nowhere (which also counts the worker thread's
 competition for the interpreter lock).
 
-    python benchmarks/bench_reporting.py [--pairs 15]
+    python benchmarks/bench_reporting.py [--pairs 15] [--save runs.json]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import os
 import statistics
@@ -49,15 +53,15 @@ import bench_loop  # noqa: E402
 from bench_loop import BATCH, STEPS, Data, per_step  # noqa: E402
 
 
-def raw_loop_with_writer(data) -> tuple[list[float], float]:
+def raw_loop_with_writer(data) -> tuple[list[float], float, float]:
     """bench_loop.raw_loop, plus the gradient norm and four add_scalar calls per step: the step-end
-    stamps and the seconds from creating the writer to the end of its close()."""
+    stamps, and the wall and CPU seconds from creating the writer to the end of its close()."""
     from torch.utils.tensorboard import SummaryWriter
 
     model, opt, sched, loader = bench_loop.w1_parts(data)
     stamps = []
     with tempfile.TemporaryDirectory() as logdir:
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.process_time()
         writer = SummaryWriter(log_dir=logdir)
         model.train()
         for step, batch in enumerate(loader, start=1):
@@ -74,14 +78,14 @@ def raw_loop_with_writer(data) -> tuple[list[float], float]:
             writer.add_scalar("train/epoch", round(step / len(loader), 4), step)
             stamps.append(time.perf_counter())
         writer.close()
-        whole = time.perf_counter() - begin
-    return stamps, whole
+        whole, cpu = time.perf_counter() - begin, time.process_time() - cpu
+    return stamps, whole, cpu
 
 
 def hooktrain_loop(data, report_to: str, console: bool = True,
-                   on_log_times: list[float] | None = None) -> tuple[list[float], float]:
-    """W1 with hooktrain and a log event every step: the step-end stamps and the seconds of the
-    whole ``train()`` call (optionally timing the reporting plugin's on_log)."""
+                   on_log_times: list[float] | None = None) -> tuple[list[float], float, float]:
+    """W1 with hooktrain and a log event every step: the step-end stamps, and the wall and CPU
+    seconds of the whole ``train()`` call (optionally timing the reporting plugin's on_log)."""
     from hooktrain import Trainer, TrainingArguments, hookimpl
 
     stamps: list[float] = []
@@ -102,10 +106,10 @@ def hooktrain_loop(data, report_to: str, console: bool = True,
         trainer = Trainer(bench_loop.MLP(), args, train_dataset=data, plugins=[Stamp()])
         if on_log_times is not None:
             _time_bridge_on_log(trainer, on_log_times)
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.process_time()
         trainer.train()  # the console lines still get formatted (into the StringIO)
-        whole = time.perf_counter() - begin
-    return stamps, whole
+        whole, cpu = time.perf_counter() - begin, time.process_time() - cpu
+    return stamps, whole, cpu
 
 
 def _time_bridge_on_log(trainer, times: list[float]) -> None:
@@ -128,6 +132,7 @@ def _time_bridge_on_log(trainer, times: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=15)
+    parser.add_argument("--save", metavar="JSON", help="also write every run's figures to this file")
     opts = parser.parse_args()
     torch.set_num_threads(1)
     data = Data()
@@ -142,19 +147,25 @@ def main() -> None:
         run()
     ms: dict[str, list[float]] = {name: [] for name in variants}
     whole: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     on_log: list[float] = []
     for i in range(opts.pairs):
         names = list(variants) if i % 2 == 0 else list(reversed(variants))  # neither order favoured
         for name in names:
-            stamps, seconds = variants[name]()
+            stamps, seconds, cpu_seconds = variants[name]()
             ms[name].append(per_step(stamps) * 1e3)
             whole[name].append(seconds)
+            cpu[name].append(cpu_seconds)
         hooktrain_loop(data, "tensorboard", console=False, on_log_times=on_log)
 
     raw = raw_name(ms)
+    if opts.save:
+        with open(opts.save, "w", encoding="utf-8") as f:
+            json.dump({"ms_per_step": ms, "whole_run_s": whole, "whole_run_cpu_s": cpu, "on_log_s": on_log}, f)
     print(f"{opts.pairs} interleaved repetitions, {STEPS} steps each, a log event every step, "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average at the end: {_load()}\n")
-    for title, values, unit, scale in (("per step", ms, "ms/step", 1.0), ("whole run", whole, "s", 1.0)):
+    for title, values, unit, scale in (("per step", ms, "ms/step", 1.0), ("whole run", whole, "s", 1.0),
+                                       ("whole run, CPU time of the process (every thread)", cpu, "s", 1.0)):
         print(f"{title}:\n")
         print(f"| variant | {unit} (median) | min | max | ratio to raw (median of pairs) |")
         print("|---|---|---|---|---|")
