@@ -4,7 +4,8 @@ Three launches of ``tests/dist_scripts/train_fsdp.py``, shared by the tests (eac
 several runs one after the other in the same processes):
 
 1. 2 processes: DDP, then ``fsdp='full_shard'`` with checkpoints every 3 steps and
-   ``save_model()``, then the same with gradient checkpointing and ``load_best_model_at_end``,
+   ``save_model()``, then the same with gradient checkpointing, ``load_best_model_at_end`` and
+   background saves,
    then the fsdp run again in which rank 1 SIGKILLs itself after step 5 (the launch fails there);
 2. 1 process: resume the checkpoint-3 of the fsdp run (2 → 1), then a fresh one-process fsdp run;
 3. 2 processes: resume the killed run (the same world size), then resume the checkpoint-3 of the
@@ -81,7 +82,7 @@ def runs(tmp_path_factory):
     launch = torchrun(2, [
         dict(name="ddp", out=str(base / "ddp"), **COMMON),
         dict(name="fsdp", out=str(base / "fsdp"), save_model=True, **SHARDED),
-        dict(name="gc", out=str(base / "gc"), gc=True, best=True, **SHARDED),
+        dict(name="gc", out=str(base / "gc"), gc=True, best=True, save_async=True, **SHARDED),
         dict(name="killed", out=str(base / "killed"), kill_at=5, **SHARDED),
     ])
     done = [(base / name / f"result_{name}_rank{r}.json").exists() for name in ("ddp", "fsdp", "gc") for r in (0, 1)]
@@ -142,13 +143,15 @@ def test_gradient_checkpointing_and_the_best_model_compose_with_fsdp(runs):
     base, _ = runs
     fsdp, gc = result(base / "fsdp", "fsdp", 0), result(base / "gc", "gc", 0)
     assert losses(gc) == losses(fsdp)  # the checkpointed blocks compute the same gradients
-    for name, value in arrays(gc["saved"]["8"]["weights"]).items():
+    for name, value in arrays(gc["saved"]["8"]["weights"]).items():  # the final save is synchronous
         np.testing.assert_array_equal(value, arrays(fsdp["weights"])[name])
-    # load_best_model_at_end read the best sharded checkpoint back into the sharded model
+    # load_best_model_at_end read the best sharded checkpoint back into the sharded model; it was
+    # written in the background from a copy of the shards taken at step 3, while training went on
     best = gc["best_global_step"]
     assert best in (3, 6)  # not the last step: the loaded weights differ from the final ones
+    assert "checkpoint_saves" in json.dumps(gc["log_history"])  # the background-save summary
     for name, value in arrays(gc["weights"]).items():
-        np.testing.assert_array_equal(value, arrays(gc["saved"][str(best)]["weights"])[name])
+        np.testing.assert_array_equal(value, arrays(fsdp["saved"][str(best)]["weights"])[name])
 
 
 def test_save_model_writes_consolidated_weights(runs):

@@ -45,7 +45,10 @@ __all__ = [
     "is_sharded_checkpoint",
     "load_full_weights",
     "load_sharded",
+    "sharded_state_bytes",
+    "stage_sharded",
     "write_sharded",
+    "write_staged",
 ]
 
 
@@ -75,22 +78,54 @@ def check_shard_sizes(directory: Path, files: Mapping[str, Any]) -> None:
                                       "(truncated or modified)")
 
 
-def write_sharded(directory: Path, model: torch.nn.Module, optimizer: Any = None) -> None:
-    """Write the model's (and the optimizer's) state as DCP files into *directory* (it exists).
+def _state(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optimizer": optim_sd}
+
+
+def write_staged(directory: Path, state: dict[str, Any], group: Any = None) -> None:
+    """Write *state* (from :func:`stage_sharded`, or live) as DCP files into *directory* (it exists),
+    agreeing over *group* (``None``: the default process group).
 
     Each process writes its own shards and fsyncs them; the coordinator (rank 0) writes
     ``.metadata`` after every process has written.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-    if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optimizer": optim_sd}
-    else:
-        state = {"model": get_model_state_dict(model)}
     writer = dcp.FileSystemWriter(directory, single_file_per_rank=True, sync_files=True, thread_count=1)
-    dcp.save(state, storage_writer=writer)
+    dcp.save(state, storage_writer=writer, process_group=group)
+
+
+def write_sharded(directory: Path, model: torch.nn.Module, optimizer: Any = None) -> None:
+    """Write the model's (and the optimizer's) live state as DCP files into *directory*, on the
+    training thread (its collectives use the default process group)."""
+    write_staged(directory, _state(model, optimizer))
+
+
+def stage_sharded(model: torch.nn.Module, optimizer: Any = None) -> dict[str, Any]:
+    """A host copy of this process's shards of the model's (and optimizer's) state, still
+    ``DTensor``s (now on the CPU), for :func:`write_staged` on a background thread."""
+    from torch.distributed.checkpoint.staging import BlockingAsyncStager
+
+    return BlockingAsyncStager(cache_staged_state_dict=False).stage(_state(model, optimizer))
+
+
+def sharded_state_bytes(model: torch.nn.Module, optimizer: Any = None) -> int:
+    """Bytes of this process's shards of the parameters, buffers and optimizer state (what
+    :func:`stage_sharded` copies)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if optimizer is not None:
+        for per_param in getattr(optimizer, "state", {}).values():
+            tensors.extend(v for v in per_param.values() if isinstance(v, torch.Tensor))
+    total = 0
+    for t in tensors:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        total += local.numel() * local.element_size()
+    return total
 
 
 # ---- reading without unpickling arbitrary objects ------------------------------------------------

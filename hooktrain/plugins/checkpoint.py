@@ -48,7 +48,14 @@ from hooktrain.checkpointing.format import (
 )
 from hooktrain.checkpointing.integrity import HashingWriter
 from hooktrain.checkpointing.loading import find_resumable_checkpoint, newest_loadable, read_checkpoint
-from hooktrain.checkpointing.sharded import is_sharded, load_sharded, write_sharded
+from hooktrain.checkpointing.sharded import (
+    is_sharded,
+    load_sharded,
+    sharded_state_bytes,
+    stage_sharded,
+    write_sharded,
+    write_staged,
+)
 from hooktrain.checkpointing.snapshot import HostBuffers
 from hooktrain.checkpointing.storage import (
     directory_bytes,
@@ -244,9 +251,11 @@ class CheckpointStore:
         ending = state.stop_reason is not None or 0 < state.max_steps <= state.global_step
         if self.sync_next or not self._training or not args.save_async or ending:
             return False
-        if is_sharded(trainer.model):  # DCP's collectives run on the training thread: synchronous
+        sharded = is_sharded(trainer.model)
+        if sharded and trainer.world_size <= 1:  # DCP in a thread needs a group of its own: none here
             return False
-        needed = state_bytes(trainer.model, trainer.optimizer) - self._buffers.nbytes
+        needed = sharded_state_bytes(trainer.model, trainer.optimizer) if sharded else \
+            state_bytes(trainer.model, trainer.optimizer) - self._buffers.nbytes
         if needed > 0:
             available = available_memory()
             if not snapshot_fits(needed, available):
@@ -281,12 +290,21 @@ class CheckpointStore:
             world_size=trainer.world_size, rank=trainer.process_index, writer=writer,
             save_only_model=args.save_only_model, safetensors=args.save_safetensors,
             buffers=self._buffers if background else None, defer=defer,
-            sharded=partial(write_sharded, model=trainer.model, optimizer=trainer.optimizer if full else None)
-            if is_sharded(trainer.model) else None,
+            sharded=self._sharded_writer(trainer, background, full),
         )
         snapshot.rotate_limit = args.save_total_limit
         snapshot.protected = protected
         return snapshot
+
+    def _sharded_writer(self, trainer: Any, background: bool, full: bool) -> Any:
+        """What writes the DCP files of a sharded model: in the background, a host copy of this
+        process's shards over the coordinator's own group; else the live state, on the training thread."""
+        if not is_sharded(trainer.model):
+            return None
+        optimizer = trainer.optimizer if full else None
+        if background and self._coordinator is not None:
+            return partial(write_staged, state=stage_sharded(trainer.model, optimizer), group=self._coordinator.group)
+        return partial(write_sharded, model=trainer.model, optimizer=optimizer)
 
     def finish(self, trainer: Any) -> Path | None:
         """Wait for the save in flight (if any), then emit its ``on_save``; its path. Its

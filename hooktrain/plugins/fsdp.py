@@ -24,7 +24,8 @@ evaluation batches repeats one, its result dropped), because each forward gather
 from all processes. ``save_model()`` gathers the full weights and writes one consolidated
 ``model.safetensors`` on the main process. Checkpoints hold the sharded state as
 ``torch.distributed.checkpoint`` files (:mod:`hooktrain.checkpointing.sharded`; the checkpoint
-plugin uses it whenever the model's parameters are shards), which resume with any number of
+plugin uses it whenever the model's parameters are shards; with several processes they are
+written in the background from a host copy of the shards), which resume with any number of
 processes. See docs/distributed.md.
 """
 

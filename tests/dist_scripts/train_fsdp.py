@@ -7,7 +7,8 @@ process group). Each run: ``name``, ``out`` output dir, ``fsdp`` (option string;
 ``steps``, ``save_steps`` (0 = none), ``resume`` (True or a checkpoint path), ``kill_at`` (rank
 ``fault_rank``, default 1, SIGKILLs itself after that step), ``gc`` (gradient checkpointing),
 ``save_model`` (write and check the consolidated weights), ``best`` (evaluate at every save and
-``load_best_model_at_end`` on the eval loss).
+``load_best_model_at_end`` on the eval loss), ``save_async`` (default False: ``on_save`` then
+comes at the step saved, and the weights recorded there are the checkpoint's).
 
 Each process writes ``<out>/result_<name>_rank<R>.json``: the log history, the full weights at
 the end, at every save and right after a resume (gathered), the optimizer's full state at the same
@@ -125,6 +126,7 @@ def train(cfg: dict) -> None:
         eval_steps=save_steps if cfg.get("best") else cfg.get("steps", 8),
         load_best_model_at_end=bool(cfg.get("best")), metric_for_best_model="loss" if cfg.get("best") else None,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        save_async=bool(cfg.get("save_async")),
         report_to="none", disable_tqdm=True, ddp_timeout=60, use_cpu=True,
         overwrite_output_dir=not cfg.get("resume"), fsdp=cfg.get("fsdp", ""),
         gradient_checkpointing=bool(cfg.get("gc")),
