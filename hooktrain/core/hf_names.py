@@ -80,8 +80,9 @@ _TABLE: tuple[HFName, ...] = (
     HFName("push_to_hub_token", "renamed", _HUB, None, history="v4 renamed it hub_token"),
     HFName("push_to_hub_model_id", "renamed", _HUB, None, history="v4 renamed it hub_model_id"),
     HFName("push_to_hub_organization", "renamed", _HUB, None, history="v4 folded it into hub_model_id"),
-    HFName("include_tokens_per_second", "renamed", "the throughput plugin logs tokens per second "
-           "once input tokens are counted: include_num_input_tokens_seen", "include_num_input_tokens_seen",
+    HFName("include_tokens_per_second", "renamed", "the throughput plugin logs tokens_per_second "
+           "whenever the batches hold tokens; include_num_input_tokens_seen counts them into the "
+           "state", "include_num_input_tokens_seen",
            unset=(None, False), convert=_bool_to("all"), history="v5 removed it"),
     # ---- Hugging Face's current names for hooktrain fields -------------------------------------
     HFName("activation_checkpointing", "alias", "Hugging Face v5's name of gradient_checkpointing",
