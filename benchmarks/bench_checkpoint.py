@@ -223,19 +223,21 @@ def bench_blocking(root: Path, steps: int) -> list[str]:
         the time of the steps during which a background persist runs, against the others."""
 
         def __init__(self):
-            self.began = 0.0
+            self.began = self.held = 0.0
             self.persisting = False
 
         @hookimpl
         def on_step_begin(self, trainer, state):
             store = trainer.plugin_manager.get_plugin("checkpoint.store")
-            self.began = time.perf_counter()
+            self.began, self.held = time.perf_counter(), store._guard.waited_s
             self.persisting = store.inflight is not None and not store.inflight.done()
 
         @hookimpl
         def on_step_end(self, trainer, state):
-            if state.global_step % 5 in (2, 3, 0):  # not the steps that include a save (blocking, hand)
-                steps_s[self.persisting].append(time.perf_counter() - self.began)
+            # the saves fall between steps; a step's time without its wait for the snapshot's copy
+            # (counted in the save's blocking time above)
+            held = trainer.plugin_manager.get_plugin("checkpoint.store")._guard.waited_s - self.held
+            steps_s[self.persisting].append(time.perf_counter() - self.began - held)
             if state.global_step % 5 == 3:
                 wait_for_checkpoint(trainer)  # nothing in flight while the hand save is timed
                 directory = root / f"blocking-hand-{state.global_step}"
@@ -272,8 +274,9 @@ def bench_blocking(root: Path, steps: int) -> list[str]:
 # ---- 4. whole run ----------------------------------------------------------------------------------
 
 
-def hand_run(out: Path, steps: int, every: int) -> float:
-    """A hand-written W2 loop saving plainly by hand every *every* steps (keeping the newest two)."""
+def hand_run(out: Path, steps: int, every: int) -> tuple[float, list[float]]:
+    """A hand-written W2 loop saving plainly by hand every *every* steps (keeping the newest two):
+    the wall time from the end of step 1, and each step's time (a save counts in its own step's)."""
     from hooktrain import TrainerState
 
     torch.manual_seed(1234)
@@ -287,7 +290,7 @@ def hand_run(out: Path, steps: int, every: int) -> float:
         optimizer, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
     state = TrainerState(max_steps=steps)
     saved: list[Path] = []
-    start = 0.0
+    stamps: list[float] = []
     model.train()
     step = 0
     for batch in loader:
@@ -298,59 +301,68 @@ def hand_run(out: Path, steps: int, every: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         state.global_step = step
-        if step == 1:
-            start = time.perf_counter()
         if step % every == 0:
             directory = out / f"checkpoint-{step}"
             save_by_hand(model, optimizer, scheduler, state, directory, durable=False)
             saved.append(directory)
             if len(saved) > 2:
                 shutil.rmtree(saved.pop(0))
+        stamps.append(time.perf_counter())
         if step >= steps:
             break
-    return time.perf_counter() - start
+    return stamps[-1] - stamps[0], [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
-def hooktrain_run(out: Path, steps: int, every: int, save_async: bool) -> float:
+def hooktrain_run(out: Path, steps: int, every: int, save_async: bool) -> tuple[float, list[float]]:
+    """The same run through ``train()``; a step's time counts from the end of the step before,
+    so a save (after ``on_step_end``) is in the next step's time, the final one in the last."""
     from hooktrain import Trainer, hookimpl
 
-    class FirstStep:
-        at = 0.0
+    stamps: list[float] = []
 
+    class FirstStep:
         @hookimpl
         def on_step_end(self, state):
-            if state.global_step == 1:
-                FirstStep.at = time.perf_counter()
+            stamps.append(time.perf_counter())
 
     torch.manual_seed(1234)
     args = w2_args(out, max_steps=steps, save_strategy="steps", save_steps=every, save_total_limit=2,
                    save_async=save_async, seed=42)
     trainer = Trainer(model=MLP(), args=args, train_dataset=Data(N_SAMPLES, SIZES[0]), plugins=[FirstStep()])
     trainer.train()  # returns once the final checkpoint is committed
-    return time.perf_counter() - FirstStep.at
+    stamps[-1] = time.perf_counter()  # the last step's time includes the final save
+    return stamps[-1] - stamps[0], [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
 def bench_run(root: Path, runs: int, steps: int) -> list[str]:
     every = 5
-    kinds: dict[str, Callable[[Path], float]] = {
+    kinds: dict[str, Callable[[Path], tuple[float, list[float]]]] = {
         "hand": lambda out: hand_run(out, steps, every),
         "async": lambda out: hooktrain_run(out, steps, every, True),
         "sync": lambda out: hooktrain_run(out, steps, every, False),
     }
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    plain: dict[str, list[float]] = {k: [] for k in kinds}  # median time of the steps without a save
     for i in range(runs + 1):  # the first round warms up (imports, page cache)
         for kind in (list(kinds) if i % 2 == 0 else list(reversed(kinds))):
             out = root / f"run-{kind}-{i}"
-            elapsed = kinds[kind](out)
+            elapsed, step_times = kinds[kind](out)
             shutil.rmtree(out, ignore_errors=True)
             if i:
                 times[kind].append(elapsed)
+                # step_times[j] is step j + 2's time: hand saves in it when (j + 2) % every == 0,
+                # hooktrain when it follows a save step, (j + 1) % every == 0
+                shift = 2 if kind == "hand" else 1
+                plain[kind].append(statistics.median(
+                    t for j, t in enumerate(step_times[:-1]) if (j + shift) % every))
     labels = {"hand": "hand-written loop, plain saves", "async": "hooktrain, `save_async=True`",
               "sync": "hooktrain, `save_async=False`"}
     rows = [f"| W2, {steps} steps, a checkpoint every {every} steps ({runs} runs each): from the end of step 1 "
-            "to the end of the run | median wall time | vs hand-written loop |", "|---|---|---|"]
+            "to the end of the run | median wall time | vs hand-written loop | median step without a save "
+            "| vs hand-written loop |", "|---|---|---|---|---|"]
     for kind in kinds:
-        rows.append(f"| {labels[kind]} | {statistics.median(times[kind]):.2f} s | **{ratio(times[kind], times['hand'])}** |")
+        rows.append(f"| {labels[kind]} | {statistics.median(times[kind]):.2f} s | **{ratio(times[kind], times['hand'])}** "
+                    f"| {statistics.median(plain[kind]) * 1000:.1f} ms | {ratio(plain[kind], plain['hand'])} |")
     return rows
 
 
