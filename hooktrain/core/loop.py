@@ -32,7 +32,7 @@ from hooktrain.core.manager import PluginManager, build_manager
 from hooktrain.core.plan import StepPlan
 from hooktrain.core.seeding import set_seed
 from hooktrain.core.state import TrainerState, resolve_steps
-from hooktrain.core.types import EvalPrediction, StepOutcome
+from hooktrain.core.types import EvalPrediction, ProcessFlag, StepOutcome
 
 logger = logging.getLogger("hooktrain")
 
@@ -106,6 +106,7 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
         )
         self._barrier = lambda: None  # one process: nothing to wait for
         self._hooks_built = -1  # the plugin manager's ``changes`` when the step hooks were bound
+        self.worker_init_fns: list[Callable[[int], Any]] = []  # data loader workers call them first (plugins add)
         set_seed(args.seed, args.full_determinism)
         self._set_callbacks(callbacks)  # for the plugin that runs them (hf_callbacks)
 
@@ -127,8 +128,8 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
             self.model.to(self.device)
 
     @property
-    def is_world_process_zero(self) -> bool:
-        return self.process_index == 0
+    def is_world_process_zero(self) -> ProcessFlag:  # a bool; also callable, as HF's method
+        return ProcessFlag(self.process_index == 0)
 
     def barrier(self) -> None:
         """Wait until every process reaches this point (a no-op in a single process)."""
@@ -153,7 +154,8 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
     def _loader(self, dataset: Any, batch_size: int, train: bool) -> torch.utils.data.DataLoader:
         pin = self.args.dataloader_pin_memory and self.device.type == "cuda"
         return make_loader(dataset, self.args, batch_size, train, self.data_collator, pin, rank=self.process_index,
-                           world_size=self.world_size, forward=None if self.compute_loss_func else self.model)
+                           world_size=self.world_size, forward=None if self.compute_loss_func else self.model,
+                           worker_init=self.worker_init_fns)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         if self.train_dataset is None:

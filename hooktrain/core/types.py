@@ -47,3 +47,16 @@ class EvalPrediction:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class ProcessFlag(int):
+    """A yes/no that reads as a bool (``if trainer.is_world_process_zero:``) and can also be called
+    like Hugging Face's method (``trainer.is_world_process_zero()``)."""
+
+    def __call__(self) -> bool:
+        return bool(self)
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    __str__ = __repr__

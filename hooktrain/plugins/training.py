@@ -150,6 +150,7 @@ def evaluation_loop(trainer, model, dataloader):
     want_inputs, want_losses = "inputs" in args.include_for_metrics, "loss" in args.include_for_metrics
     per_batch = args.batch_eval_metrics and trainer.compute_metrics is not None  # HF's batch_eval_metrics
     keep = not per_batch or trainer.predicting  # predict() returns the predictions too
+    unlabelled = trainer.compute_loss_func is None
     if per_batch and trainer.world_size > 1:
         raise ValueError("batch_eval_metrics=True runs compute_metrics on each process's own batches: "
                          "hooktrain supports it in a single process only; set it to False")
@@ -159,13 +160,18 @@ def evaluation_loop(trainer, model, dataloader):
     losses: list[torch.Tensor] = []
     labels: dict[str, list[torch.Tensor]] = {name: [] for name in label_names}
     metrics = None
-    check_interrupt = trainer.check_interrupt  # an interrupt abandons the evaluation (core/interrupts)
+    # an interrupt abandons the evaluation (core/interrupts), checked before each batch is fetched:
+    # a signal sent to the whole process group (SLURM) may have ended the loader's workers
+    check_interrupt = trainer.check_interrupt
     batches = iterate_batches(dataloader)
+    check_interrupt()
     batch = next(batches, None)
     while batch is not None:
-        check_interrupt()
         batch = to_device(batch, trainer.device)
-        loss, outputs = trainer.compute_loss(model, batch)
+        if unlabelled and isinstance(batch, dict) and not any(n in batch for n in label_names):
+            loss, outputs = None, model(**batch)  # prediction data without labels: no loss (HF)
+        else:
+            loss, outputs = trainer.compute_loss(model, batch)
         size = _batch_size(batch)
         samples += size
         if loss is not None:
@@ -173,6 +179,7 @@ def evaluation_loop(trainer, model, dataloader):
             if math.isfinite(value) or not args.logging_nan_inf_filter:
                 loss_sum += value * size
                 loss_count += size
+        check_interrupt()
         following = next(batches, None)
         if want_predictions:
             logits = _logits(outputs)
