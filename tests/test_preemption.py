@@ -58,10 +58,12 @@ class Run:
         return json.loads((self.out / f"result_rank{rank}.json").read_text())
 
 
-def hooktrain(out: Path, signal_at: dict | None = None, resume: bool = False, nproc: int | None = None) -> Run:
+def hooktrain(out: Path, signal_at: dict | None = None, resume: bool = False, nproc: int | None = None,
+              **overrides) -> Run:
     """``hooktrain train`` of the preempt task into *out*, under torchrun with *nproc* processes."""
     config = out.parent / f"{out.name}.json"
-    config.write_text(json.dumps({"task": f"{SCRIPTS / 'preempt.py'}:build", "output_dir": str(out), **ARGS}))
+    config.write_text(json.dumps({"task": f"{SCRIPTS / 'preempt.py'}:build", "output_dir": str(out), **ARGS,
+                                  **overrides}))
     cli = ["-m", "hooktrain", "train", str(config)] + (["--resume_from_checkpoint", "true"] if resume else [])
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -159,6 +161,15 @@ def test_hooktrain_train_exits_75_and_the_requeued_job_resumes(tmp_path, referen
     assert "resume with --resume_from_checkpoint true; exit status 75" in run.output
     assert checkpoint_steps(out) == [2]
     assert_resumed_exactly(train(out, resume=True), 2, reference)  # what the requeued job does
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers(tmp_path, reference):
+    # as SLURM signals every process of a job step: the evaluation's loader workers end at once
+    out = tmp_path / "out"
+    run = hooktrain(out, {"at": "eval", "step": 4, "item": 4, "to": "group"}, dataloader_num_workers=2)
+    assert run.returncode == EXIT_PREEMPTED, run.output[-4000:]
+    assert run.result()["global_step"] == 4 and not verify(out / "checkpoint-4")
+    assert_resumed_exactly(train(out, resume=True, dataloader_num_workers=2), 4, reference)
 
 
 def test_a_second_sigterm_during_the_save_ends_the_process_and_corrupts_nothing(tmp_path, reference):

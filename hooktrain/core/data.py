@@ -4,7 +4,8 @@ collator, and padded concatenation of gathered arrays."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -169,13 +170,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def make_loader(
     dataset: Any, args: Any, batch_size: int, train: bool, collate_fn: Any, pin_memory: bool,
-    *, rank: int = 0, world_size: int = 1, forward: Any = None,
+    *, rank: int = 0, world_size: int = 1, forward: Any = None, worker_init: Sequence[Callable[[int], Any]] = (),
 ) -> torch.utils.data.DataLoader:
     """The Trainer's loader of *dataset*: shuffled by a seeded :class:`ResumableBatchSampler` for
     training (padded to a multiple of the processes; ``train_sampling_strategy``), in order for
     evaluation. Data without a length (an iterable dataset) is batched as it comes. With
     ``remove_unused_columns`` and the *forward* model the batches are fed to, only the columns it
-    takes are kept (:mod:`hooktrain.core.columns`). Never draws from the global RNG."""
+    takes are kept (:mod:`hooktrain.core.columns`). Each worker process (``dataloader_num_workers``)
+    first calls every function of *worker_init* with its worker id. Never draws from the global RNG."""
     if forward is not None and args.remove_unused_columns:
         dataset, collate_fn = drop_unused_columns(dataset, collate_fn, forward, args.label_names)
     if collate_fn is not default_collate:
@@ -189,6 +191,8 @@ def make_loader(
         kwargs["persistent_workers"] = args.dataloader_persistent_workers
         kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
         kwargs["multiprocessing_context"] = args.dataloader_multiprocessing_context
+        if worker_init:
+            kwargs["worker_init_fn"] = partial(_init_worker, tuple(worker_init))
     drop_last = train and args.dataloader_drop_last
     if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
@@ -200,6 +204,11 @@ def make_loader(
         group_size=batch_size * args.gradient_accumulation_steps,
     )
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
+
+
+def _init_worker(functions: tuple[Callable[[int], Any], ...], worker_id: int) -> None:
+    for function in functions:
+        function(worker_id)
 
 
 PAD_INDEX = -100  # what pads predictions and labels of different lengths (HF's padding_index)

@@ -106,6 +106,7 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
         )
         self._barrier = lambda: None  # one process: nothing to wait for
         self._hooks_built = -1  # the plugin manager's ``changes`` when the step hooks were bound
+        self.worker_init_fns: list[Callable[[int], Any]] = []  # data loader workers call them first (plugins add)
         set_seed(args.seed, args.full_determinism)
         self._set_callbacks(callbacks)  # for the plugin that runs them (hf_callbacks)
 
@@ -153,7 +154,8 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
     def _loader(self, dataset: Any, batch_size: int, train: bool) -> torch.utils.data.DataLoader:
         pin = self.args.dataloader_pin_memory and self.device.type == "cuda"
         return make_loader(dataset, self.args, batch_size, train, self.data_collator, pin, rank=self.process_index,
-                           world_size=self.world_size, forward=None if self.compute_loss_func else self.model)
+                           world_size=self.world_size, forward=None if self.compute_loss_func else self.model,
+                           worker_init=self.worker_init_fns)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         if self.train_dataset is None:

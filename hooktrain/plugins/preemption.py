@@ -23,6 +23,10 @@ checkpoint, so the resumed run draws the same dropout masks as an uninterrupted 
 NumPy's generators are not kept (a few µs of torch state per step; theirs would cost ~150 µs):
 a forward pass that draws from them is not rewound.
 
+Data loader workers (``dataloader_num_workers``) ignore these signals unless the main process sends
+them: a scheduler that signals every process of a job (SLURM) would otherwise end them before the
+main process saves (:func:`shield_worker`).
+
 Several processes: the handler only records the signal. After every optimizer step the processes
 agree, with one small all-reduce on a CPU (gloo) group, whether any of them got one; then all of
 them stop before the same step and write one checkpoint together. A signal that reaches only some
@@ -32,10 +36,12 @@ processes, or only the ``torchrun`` agent (which forwards it), ends them all.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import torch
@@ -58,6 +64,27 @@ STATE_KEY = "preemption"
 def stop_reason(sig: signal.Signals, here: bool = True) -> str:
     """``state.stop_reason`` of a run ended by *sig* (received by this process or another one)."""
     return STOP_PREFIX + sig.name + ("" if here else " (received by another process)")
+
+
+def shield_worker(names: tuple[str, ...], main_pid: int, worker_id: int) -> None:
+    """In a data loader worker: a preemption signal from anyone but the main process is ignored.
+
+    A scheduler that signals every process of a job (SLURM) would otherwise end the workers at
+    once, and the main process would fail on its next batch instead of saving. The signals are
+    blocked and taken by a thread that ends the worker only when the main process sent one (as
+    torch's own worker handler does for SIGTERM), so the main process still ends its workers.
+    """
+    if not hasattr(signal, "sigwaitinfo"):  # Windows: no such signals to shield from
+        return
+    signals = {signal.Signals[name] for name in names}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def take() -> None:
+        while True:
+            if signal.sigwaitinfo(signals).si_pid == main_pid:
+                os._exit(0)
+
+    threading.Thread(target=take, name="hooktrain-worker-signals", daemon=True).start()
 
 
 class SignalWatch:
@@ -271,6 +298,7 @@ def configure(trainer, args):
     pm = trainer.plugin_manager
     watch = SignalWatch(args.preemption_signals)
     pm.register(watch, name=SignalWatch.name)
+    trainer.worker_init_fns.append(partial(shield_worker, tuple(args.preemption_signals), os.getpid()))
     if trainer.world_size > 1:  # the distributed plugin's configure ran first
         watch.agree_across_processes = True
         pm.register(StepAgreement(watch, args.ddp_timeout), name=StepAgreement.name)
@@ -279,4 +307,4 @@ def configure(trainer, args):
         pm.register(watch.rewind, name=StepRewind.name)
 
 
-__all__ = ["EXIT_PREEMPTED", "SignalWatch", "StepAgreement", "StepRewind", "stop_reason"]
+__all__ = ["EXIT_PREEMPTED", "SignalWatch", "StepAgreement", "StepRewind", "shield_worker", "stop_reason"]

@@ -9,8 +9,9 @@
 * ``"micro"``: in micro-batch ``micro`` (0-based) of the accumulation window of step ``step``;
 * ``"eval"``: while the evaluation of step ``step`` reads eval sample ``item``;
 
-``signal`` (default ``"SIGTERM"``), ``to`` (``"self"``, or ``"agent"``: the parent process, the
-torchrun agent; the sender then waits until the agent has forwarded it), ``rank`` (the process that
+``signal`` (default ``"SIGTERM"``), ``to`` (``"self"``; ``"group"``: the whole process group, data
+loader workers included; ``"agent"``: the parent process, the torchrun agent, and the sender then
+waits until the agent has forwarded it), ``rank`` (the process that
 sends it; default 0), and ``twice``: send the same signal again when the checkpoint written for the
 interruption is complete but not yet renamed into place. Tests also use :func:`parts` in-process.
 
@@ -50,6 +51,9 @@ class SignalAt:
 
     def send(self) -> None:
         sig = signal.Signals[self.cfg.get("signal", "SIGTERM")]
+        if self.cfg.get("to") == "group":  # every process of the group, as SLURM signals a job step
+            os.killpg(os.getpgid(0), sig)
+            return
         if self.cfg.get("to") != "agent":
             os.kill(os.getpid(), sig)
             return
