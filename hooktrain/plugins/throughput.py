@@ -13,7 +13,8 @@ window's time is wall time on the host, less the evaluations and the checkpoint 
 
 FLOPs per sample are counted once, over the first optimizer step's micro-batches (forward and
 backward), with :func:`hooktrain.plugins.flops.flop_counter`, unless ``flops_per_sample`` gives
-them. See docs/throughput.md for each figure and its formula.
+them. That step, slowed by the counting, is left out of the rates (its samples, tokens and time),
+never out of the counts. See docs/throughput.md for each figure and its formula.
 """
 
 from __future__ import annotations
@@ -151,8 +152,10 @@ class Throughput:
         self._reset_run()
 
     def _reset_run(self) -> None:
-        # this process's counts since the last flush (the hot path adds to these)
+        # this process's counts since the last flush (the hot path adds to these), and those of
+        # the micro-batches whose FLOPs were counted (left out of the rates)
         self.samples = self.tokens = self.real_tokens = 0
+        self.unrated = [0, 0, 0]
         self.has_tokens = False
         self._keys: tuple[Any, Any, bool] | None = None  # (sample key, token key, has a mask)
         self.counts_main_input = False
@@ -189,13 +192,22 @@ class Throughput:
         sample_key, token_key, masked = keys
         samples = 1 if sample_key is None else (batch if sample_key is _WHOLE else batch[sample_key]).shape[0]
         self.samples += samples
+        tokens = real = 0
         if token_key is not None:
             tokens = batch[token_key].numel()
+            real = int(batch[MASK_KEY].sum()) if masked else tokens
             self.tokens += tokens
-            self.real_tokens += int(batch[MASK_KEY].sum()) if masked else tokens
-        watch = self._watch
-        if watch is not None and not watch.batch(samples):
-            self._watch = None
+            self.real_tokens += real
+        if self._watch is not None:  # the first step: FLOPs being counted
+            self._watched(samples, tokens, real)
+
+    def _watched(self, samples: int, tokens: int, real: int) -> None:
+        """A micro-batch while FLOPs are counted: counted too (and left out of the rates), or the
+        first one after the counted step (the counting ends)."""
+        if self._watch is not None and self._watch.batch(samples):
+            self.unrated = [self.unrated[0] + samples, self.unrated[1] + tokens, self.unrated[2] + real]
+        else:
+            self._stop_counting()
 
     def _batch_keys(self, batch: Any) -> tuple[Any, Any, bool]:
         """Where the samples and tokens are in batches shaped like *batch*: the samples are the
@@ -223,30 +235,30 @@ class Throughput:
 
     # ---- flushing counts into the window and the state -------------------------------------
 
-    def _flush(self, trainer: Any, state: Any, seconds: float = 0.0) -> Window:
-        """Sum this process's counts since the last flush over the processes; add them to the
-        window and the state. Every process calls it at the same points."""
+    def _flush(self, trainer: Any, state: Any, seconds: float = 0.0) -> None:
+        """Sum this process's counts since the last flush over the processes: all of them go into
+        the state, those outside the FLOP-counted step into the window's rates. Every process
+        calls it at the same points."""
         self._stop_counting()
-        per_sample = self.flops_per_sample
-        local = [float(self.samples), float(self.tokens), float(self.real_tokens),
-                 per_sample * self.samples if per_sample else 0.0, seconds]
+        per_sample = self.flops_per_sample or 0.0
+        counts = [self.samples, self.tokens, self.real_tokens]
+        rated = [n - u for n, u in zip(counts, self.unrated, strict=True)]
+        values = [*map(float, counts), *map(float, rated), per_sample * counts[0], per_sample * rated[0], seconds]
         self.samples = self.tokens = self.real_tokens = 0
+        self.unrated = [0, 0, 0]
         if self.world_size > 1:
             mean = trainer.plugin_manager.hook.reduce_mean(
-                trainer=trainer, value=torch.tensor(local, dtype=torch.float64))
-            if mean is not None:
-                total = [float(v) * self.world_size for v in mean.tolist()]
-                local = [*(round(v) for v in total[:3]), total[3], total[4] / self.world_size]
+                trainer=trainer, value=torch.tensor(values, dtype=torch.float64))
+            if mean is not None:  # sums, but the seconds: the processes' mean
+                values = [float(v) * self.world_size for v in mean.tolist()[:8]] + [float(mean[8])]
+        _, tokens, real = (round(v) for v in values[:3])
         got = Window()
-        got.samples, got.tokens, got.real_tokens = int(local[0]), int(local[1]), int(local[2])
-        got.flops, got.seconds = local[3], local[4]
+        got.samples, got.tokens, got.real_tokens = (round(v) for v in values[3:6])
+        got.flops, got.seconds = values[7], values[8]
         self.window.add(got)
-        if self.mode == "all" and self.counts_main_input:
-            state.num_input_tokens_seen += got.tokens
-        elif self.mode == "non_padding" and self.counts_main_input:
-            state.num_input_tokens_seen += got.real_tokens
-        state.total_flos += got.flops
-        return got
+        if self.counts_main_input and self.mode != "no":
+            state.num_input_tokens_seen += tokens if self.mode == "all" else real
+        state.total_flos += values[6]
 
     @property
     def flops_per_sample(self) -> float | None:
@@ -255,12 +267,16 @@ class Throughput:
         return self.counted.flops_per_sample if self.counted is not None else None
 
     def _stop_counting(self) -> None:
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
+        """End the FLOP count (idempotent); its time is not the window's."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+            if self.started:
+                self.excluded += watch.seconds
 
     def _close_window(self, trainer: Any, state: Any) -> Window:
         """Flush and end the current window; its totals (seconds: the processes' mean)."""
+        self._stop_counting()
         now = time.perf_counter()
         seconds = max(now - self.started - self.excluded, 0.0) if self.started else 0.0
         self._flush(trainer, state, seconds)
@@ -285,8 +301,8 @@ class Throughput:
 
     def rates(self, trainer: Any, window: Window) -> dict[str, float]:
         """The rates of *window*: over every process, per process, and MFU."""
-        if window.seconds <= 0:
-            return {}
+        if window.seconds <= 0 or window.samples <= 0:
+            return {}  # e.g. a window of the FLOP-counted step alone
         world = self.world_size
         logs = {
             "samples_per_second": window.samples / window.seconds,
