@@ -19,8 +19,8 @@ Workload (perf.md W2): MLP 512→2048→2048→10 (5.27 M parameters), AdamW, so
 4. **Whole run**: W2, 100 steps, a checkpoint every 5 steps, wall time from the end of the first
    step (set-up and first-step costs apart) until the run is over (``train()`` returns once the
    final checkpoint is committed) with ``save_async=True`` and ``False``, against a hand-written
-   loop (same model, data order, optimizer, schedule) that saves plainly by hand at the same steps;
-   both keep the newest two checkpoints. Runs interleaved; the ratios are medians of the pairs.
+   loop (same model, data order, optimizer, schedule) that saves plainly by hand at the same steps,
+   and the same loop with the fsyncs of a durable save; all keep the newest two checkpoints. Runs interleaved; the ratios are medians of the pairs.
    Section 3 also gives the step time while a background persist runs against the other steps:
    what the worker thread costs training (the GIL, the CPU and memory bandwidth it shares).
 5. Resume start-up (``train()`` to the first step) from a checkpoint near the start and one near
@@ -274,7 +274,7 @@ def bench_blocking(root: Path, steps: int) -> list[str]:
 # ---- 4. whole run ----------------------------------------------------------------------------------
 
 
-def hand_run(out: Path, steps: int, every: int) -> tuple[float, list[float]]:
+def hand_run(out: Path, steps: int, every: int, durable: bool = False) -> tuple[float, list[float]]:
     """A hand-written W2 loop saving plainly by hand every *every* steps (keeping the newest two):
     the wall time from the end of step 1, and each step's time (a save counts in its own step's)."""
     from hooktrain import TrainerState
@@ -303,7 +303,7 @@ def hand_run(out: Path, steps: int, every: int) -> tuple[float, list[float]]:
         state.global_step = step
         if step % every == 0:
             directory = out / f"checkpoint-{step}"
-            save_by_hand(model, optimizer, scheduler, state, directory, durable=False)
+            save_by_hand(model, optimizer, scheduler, state, directory, durable=durable)
             saved.append(directory)
             if len(saved) > 2:
                 shutil.rmtree(saved.pop(0))
@@ -338,6 +338,7 @@ def bench_run(root: Path, runs: int, steps: int) -> list[str]:
     every = 5
     kinds: dict[str, Callable[[Path], tuple[float, list[float]]]] = {
         "hand": lambda out: hand_run(out, steps, every),
+        "hand_fsync": lambda out: hand_run(out, steps, every, durable=True),
         "async": lambda out: hooktrain_run(out, steps, every, True),
         "sync": lambda out: hooktrain_run(out, steps, every, False),
     }
@@ -352,10 +353,11 @@ def bench_run(root: Path, runs: int, steps: int) -> list[str]:
                 times[kind].append(elapsed)
                 # step_times[j] is step j + 2's time: hand saves in it when (j + 2) % every == 0,
                 # hooktrain when it follows a save step, (j + 1) % every == 0
-                shift = 2 if kind == "hand" else 1
+                shift = 2 if kind.startswith("hand") else 1
                 plain[kind].append(statistics.median(
                     t for j, t in enumerate(step_times[:-1]) if (j + shift) % every))
-    labels = {"hand": "hand-written loop, plain saves", "async": "hooktrain, `save_async=True`",
+    labels = {"hand": "hand-written loop, plain saves", "hand_fsync": "hand-written loop, saves + fsync",
+              "async": "hooktrain, `save_async=True`",
               "sync": "hooktrain, `save_async=False`"}
     rows = [f"| W2, {steps} steps, a checkpoint every {every} steps ({runs} runs each): from the end of step 1 "
             "to the end of the run | median wall time | vs hand-written loop | median step without a save "
