@@ -63,6 +63,7 @@ DEFAULTS = {
     "peak_flops": (None, "throughput"),
     "use_cpu": (False, "core"),
     "torch_empty_cache_steps": (None, "training"),
+    "use_cache": (False, "training"),
     "include_for_metrics": ([], "training"),
     "batch_eval_metrics": (False, "training"),
     "eval_do_concat_batches": (True, "training"),

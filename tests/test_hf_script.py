@@ -73,6 +73,7 @@ def test_a_datasets_pipeline_trains_as_under_hf(tmp_path, caplog):
         trainer = lib.Trainer(_model(len(tokenizer)), lib.TrainingArguments(output_dir=str(tmp_path / name), **common),
                               train_dataset=train, eval_dataset=test, compute_metrics=_accuracy,
                               data_collator=transformers.DataCollatorWithPadding(tokenizer))
+        assert trainer.model.config.use_cache is False  # use_cache=False (the default), as HF sets it
         with caplog.at_level(logging.WARNING, logger="hooktrain"):
             trainer.train()
             results[name] = trainer.evaluate()["eval_accuracy"]

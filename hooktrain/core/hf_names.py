@@ -132,8 +132,6 @@ _TABLE: tuple[HFName, ...] = (
            "count to average (both values are accepted)", unset=(None, True, False)),
     HFName("eval_use_gather_object", "ignored", "hooktrain's distributed evaluation always gathers "
            "each process's outputs as objects (any nesting, any shape)", unset=(None, False, True)),
-    HFName("use_cache", "refused", "hooktrain leaves the model's config.use_cache as you set it; "
-           "set model.config.use_cache yourself", unset=(None, False)),
     HFName("tpu_num_cores", "refused", "hooktrain does not train on TPUs"),
     HFName("tpu_metrics_debug", "refused", "hooktrain does not train on TPUs", unset=(None, False)),
     HFName("use_ipex", "refused", "hooktrain does not use Intel Extension for PyTorch; use "

@@ -3,7 +3,7 @@
 Every hook here is ``trylast``: a plugin that implements the same hook replaces it.
 Reads: max_grad_norm, label_smoothing_factor,
 torch_empty_cache_steps, label_names, prediction_loss_only, logging_nan_inf_filter,
-include_for_metrics, batch_eval_metrics, eval_do_concat_batches.
+include_for_metrics, batch_eval_metrics, eval_do_concat_batches, use_cache.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def validate_args(trainer, args):
 @hookimpl
 def configure(trainer, args):
     pm = trainer.plugin_manager
+    config = getattr(trainer.model, "config", None)
+    if config is not None and hasattr(config, "__dict__"):  # a transformers model: HF's Trainer sets it too
+        config.use_cache = args.use_cache
     if args.label_smoothing_factor > 0:
         pm.register(LabelSmoothing(args.label_smoothing_factor, (args.label_names or ["labels"])[0]),
                     name="training.label_smoothing")

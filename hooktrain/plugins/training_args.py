@@ -19,6 +19,9 @@ class TrainingStepArguments:
         ge=0, lt=1)
     torch_empty_cache_steps: int | None = arg(
         None, "Empty the accelerator's memory cache every N steps; None never does.", ge=1)
+    use_cache: bool = arg(
+        False, "Set on a transformers model's config (model.config.use_cache) when the Trainer is "
+        "built, as Hugging Face does; the key/value cache is rarely needed in training.")
     include_for_metrics: list[str] = arg(
         None, "Also give compute_metrics the model's inputs ('inputs': EvalPrediction.inputs) and "
         "the per-sample losses ('loss': EvalPrediction.losses).", factory=list)
