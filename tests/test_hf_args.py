@@ -272,3 +272,12 @@ def test_log_level_replica_on_the_other_processes():
     assert log_level_of(args, 3, 1) == ("error", False)
     assert log_level_of(args, 4, 0) == ("info", True)  # first process of the second machine
     assert log_level_of(args.replace(log_on_each_node=False), 4, 0) == ("error", False)
+
+
+def test_scripts_read_hugging_face_names_from_the_arguments(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), train_sampling_strategy="group_by_length", use_cpu=True)
+    assert args.push_to_hub is False and args.hub_token is None and args.hub_strategy == "every_save"
+    assert args.group_by_length is True and args.no_cuda is True and args.evaluation_strategy == "no"
+    assert args.activation_checkpointing is False and args.deepspeed is None
+    with pytest.raises(AttributeError, match="no attribute 'push_to_hubb'"):
+        args.push_to_hubb

@@ -146,12 +146,14 @@ def test_an_hf_script_runs_with_only_its_import_changed(tmp_path, capsys):
         for split in ("train", "eval"):
             assert f"***** {split} metrics *****" in printed
         assert {"train_results.json", "eval_results.json", "all_results.json", "predict_results.txt",
-                "trainer_state.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+                "trainer_state.json", "model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
     ours, theirs = (json.loads((outputs[n] / "all_results.json").read_text()) for n in ("hooktrain", "transformers"))
     shared = {"train_loss", "train_runtime", "train_samples", "train_samples_per_second", "eval_loss",
               "eval_accuracy", "eval_samples", "eval_runtime"}
     assert shared <= ours.keys() and shared <= theirs.keys()
     assert ours["eval_accuracy"] >= 0.95 and abs(ours["eval_accuracy"] - theirs["eval_accuracy"]) <= 2 / 64
+    card = (outputs["hooktrain"] / "README.md").read_text()
+    assert "fine-tuned version of a tiny BERT" in card and "- Accuracy: " in card and "- learning_rate: 0.01" in card
     ours_pred, theirs_pred = ((outputs[n] / "predict_results.txt").read_text().splitlines()
                               for n in ("hooktrain", "transformers"))
     assert ours_pred[0] == theirs_pred[0] == "index\tprediction" and len(ours_pred) == len(theirs_pred) == 65

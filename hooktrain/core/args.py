@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hooktrain.core.errors import ArgumentError, did_you_mean
-from hooktrain.core.hf_names import HF_NAMES, translate
+from hooktrain.core.hf_names import HF_NAMES, read_as, translate
 from hooktrain.core.settings import (
     ArgSpec,
     Checks,
@@ -267,6 +267,14 @@ class _ArgumentsBehaviour:
         for f in fields(_dc(self)):
             object.__setattr__(self, f.name, getattr(new, f.name))
         object.__setattr__(self, "_derived", new._derived)
+
+    if not typing.TYPE_CHECKING:  # (type checkers keep flagging unknown attributes)
+        def __getattr__(self, name: str) -> Any:  # only for names that are not fields or attributes
+            """Hugging Face's other names read as what they mean here (``args.push_to_hub``)."""
+            entry = HF_NAMES.get(name)
+            if entry is None or name.startswith("_"):
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            return read_as(entry, self)
 
     def __delattr__(self, name: str) -> None:
         if name in {f.name for f in fields(_dc(self))}:

@@ -3,8 +3,10 @@
 ``evaluate`` and ``predict`` run the ``evaluation_loop`` hook over a dataset and prefix the
 metrics (``eval_`` / ``test_``); ``evaluate`` logs them and emits ``on_evaluate``, ``predict``
 emits ``on_predict`` and returns a :class:`PredictionOutput` ``(predictions, label_ids, metrics)``
-as Hugging Face's does. ``log_metrics`` prints a table on the main process and ``save_metrics``
-writes ``{split}_results.json`` and merges into ``all_results.json``.
+as Hugging Face's does. ``log_metrics`` prints a table on the main process, ``save_metrics``
+writes ``{split}_results.json`` and merges into ``all_results.json``, and ``create_model_card``
+writes ``README.md`` (the last run's hyperparameters and results), the other files HF scripts
+write at their end.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from typing import Any, NamedTuple
 import torch
 
 from hooktrain.core.types import EvalPrediction
+
+#: The arguments a model card lists (Hugging Face's choice), when the run has them.
+CARD_HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "seed",
+                        "gradient_accumulation_steps", "optim", "lr_scheduler_type", "warmup_steps",
+                        "num_train_epochs", "max_steps")
 
 
 class PredictionOutput(NamedTuple):
@@ -132,6 +139,49 @@ class EvaluationMethods:
                     merged = json.load(f)
             merged.update(metrics)
             _write_json(path, merged)
+
+
+    def create_model_card(self: Any, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from: str | None = None, tasks: str | list[str] | None = None,
+                          dataset_tags: Any = None, dataset: Any = None, dataset_args: Any = None) -> None:
+        """Write ``output_dir/README.md``: a model card with the run's hyperparameters and its last
+        evaluation (main process), where Hugging Face's example scripts call it."""
+        if not self.is_world_process_zero:
+            return
+        args = self.args
+        name = model_name or os.path.basename(os.path.normpath(args.output_dir))
+        header = {"library_name": "hooktrain", "language": language, "license": license,
+                  "base_model": finetuned_from, "tags": ["generated_from_hooktrain", *_listed(tags)],
+                  "datasets": _listed(dataset_tags or dataset), "pipeline_tag": (_listed(tasks) or [None])[0]}
+        lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in header.items() if v), "---", "", f"# {name}", ""]
+        lines.append(f"This model is a fine-tuned version of {finetuned_from}." if finetuned_from
+                     else "This model was trained from scratch.")
+        evals = [e for e in self.state.log_history if any(k.startswith("eval_") for k in e)]
+        if evals:
+            lines += ["", "It achieves the following results on the evaluation set:"]
+            lines += [f"- {k[5:].replace('_', ' ').title()}: {v:.4f}" for k, v in evals[-1].items()
+                      if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
+                      and isinstance(v, (int, float))]
+        values = args.to_dict()
+        hyper = {k: values.get(k) for k in CARD_HYPERPARAMETERS}
+        hyper["training_steps"] = self.state.global_step
+        lines += ["", "## Training hyperparameters", ""]
+        lines += [f"- {k}: {v}" for k, v in hyper.items() if v is not None]
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def push_to_hub(self: Any, *args: Any, **kwargs: Any) -> None:
+        """Refused: hooktrain does not upload to the Hugging Face Hub."""
+        raise NotImplementedError("hooktrain does not upload to the Hugging Face Hub; upload "
+                                  "output_dir yourself (huggingface_hub.upload_folder)")
+
+
+def _listed(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _write_json(path: str, values: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HF_NAMES", "HFName", "translate"]
+__all__ = ["HF_NAMES", "HFName", "read_as", "translate"]
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,22 @@ _TABLE: tuple[HFName, ...] = (
 
 #: Every Hugging Face name that is not a hooktrain field, by name.
 HF_NAMES: dict[str, HFName] = {n.name: n for n in _TABLE}
+
+_NONE_BY_DEFAULT = {"hub_token", "accelerator_config"}
+
+
+def read_as(entry: HFName, fields: Any) -> Any:
+    """What ``args.<name>`` reads for a Hugging Face name (scripts read ``training_args.push_to_hub``):
+    the field it sets (converted back: ``group_by_length`` is ``train_sampling_strategy ==
+    'group_by_length'``), else Hugging Face's default."""
+    if entry.target is not None:
+        value = getattr(fields, entry.target)
+        if entry.convert is None:
+            return value
+        return value == entry.convert(True)
+    if entry.name in _NONE_BY_DEFAULT:
+        return None
+    return next((u for u in entry.unset if u is not None), None)
 
 
 def _is_unset(entry: HFName, value: Any) -> bool:

@@ -136,6 +136,12 @@ def main():
                 for index, item in enumerate(predictions):
                     writer.write(f"{index}\t{label_list[item]}\n")
 
+    kwargs = {"finetuned_from": "a tiny BERT", "tasks": "text-classification", "dataset": "good/bad sentences"}
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**kwargs)
+    else:
+        trainer.create_model_card(**kwargs)
+
 
 if __name__ == "__main__":
     main()
