@@ -280,4 +280,4 @@ def test_scripts_read_hugging_face_names_from_the_arguments(tmp_path):
     assert args.group_by_length is True and args.no_cuda is True and args.evaluation_strategy == "no"
     assert args.activation_checkpointing is False and args.deepspeed is None
     with pytest.raises(AttributeError, match="no attribute 'push_to_hubb'"):
-        args.push_to_hubb
+        getattr(args, "push_to_hubb")  # noqa: B009
