@@ -301,4 +301,6 @@ def _merge(values: list[Any], order: np.ndarray | None) -> Any:
         merged = concat_padded(present)  # processes may have padded to different lengths
         return merged if order is None else merged[order]
     merged_list = [item for v in present for item in v]
+    if isinstance(first, list) and first and isinstance(first[0], np.ndarray):
+        return merged_list  # eval_do_concat_batches=False: one array per batch, rank after rank
     return merged_list if order is None else [merged_list[i] for i in order]
