@@ -30,7 +30,9 @@ main process saves (:func:`shield_worker`).
 Several processes: the handler only records the signal. After every optimizer step the processes
 agree, with one small all-reduce on a CPU (gloo) group, whether any of them got one; then all of
 them stop before the same step and write one checkpoint together. A signal that reaches only some
-processes, or only the ``torchrun`` agent (which forwards it), ends them all.
+processes, or only the ``torchrun`` agent (which forwards it), ends them all. A signal the
+processes cannot agree on within ``ddp_timeout`` seconds (another process failed or hangs, as when
+torchrun ends a failed job) goes back to the handler from before ``train()``.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class SignalWatch:
         self.received: signal.Signals | None = None  # the first signal this process got
         self.received_at: float | None = None  # time.monotonic() of it
         self.agree_across_processes = False  # the loop is stopped by StepAgreement instead
+        self.agreement_timeout: float | None = None  # seconds the processes get to agree (ddp_timeout)
+        self._watching = False
         self.rewind: StepRewind | None = None
         self._previous: dict[signal.Signals, Any] = {}
         self._trainer: Any = None
@@ -153,6 +157,9 @@ class SignalWatch:
         self._abandoned_eval = None
         self._saved_step = state.global_step if state.global_step > 0 else None  # resumed from it
         self._install()
+        if self.agree_across_processes and self.agreement_timeout is not None:
+            self._watching = True
+            threading.Thread(target=self._watch_agreement, name="hooktrain-preemption", daemon=True).start()
 
     @hookimpl(specname="on_train_begin", trylast=True)
     def evaluate_again(self, trainer):
@@ -180,6 +187,21 @@ class SignalWatch:
     @hookimpl
     def load_plugin_state(self, states):
         self._evaluate_on_resume = bool((states.get(STATE_KEY) or {}).get("evaluate_on_resume"))
+
+    def _watch_agreement(self) -> None:
+        """Several processes: a signal the processes cannot agree on within ``ddp_timeout`` (another
+        process failed or hangs, e.g. torchrun ending the job after a failure) goes back to the
+        handler from before ``train()``: by default it ends this process, as it would have at once."""
+        while self._watching:
+            time.sleep(0.25)
+            received, at = self.received, self.received_at
+            if received is None or at is None or self._interrupted or not self._watching:
+                continue
+            if time.monotonic() - at > self.agreement_timeout:  # type: ignore[operator]
+                logger.error("%s was not agreed on by every process within ddp_timeout=%ss (another process "
+                             "failed or hangs): handing it back", received.name, self.agreement_timeout)
+                self._watching = False
+                os.kill(os.getpid(), received)  # its handler from before train() is in place again
 
     @hookimpl
     def on_save(self, checkpoint_dir):
@@ -212,6 +234,7 @@ class SignalWatch:
 
     @hookimpl(trylast=True)  # after every other plugin (the reporters) has ended its part
     def on_train_end(self, state, status):
+        self._watching = False
         self._restore()
         if self.received is None or self.received_at is None:
             return
@@ -301,6 +324,7 @@ def configure(trainer, args):
     trainer.worker_init_fns.append(partial(shield_worker, tuple(args.preemption_signals), os.getpid()))
     if trainer.world_size > 1:  # the distributed plugin's configure ran first
         watch.agree_across_processes = True
+        watch.agreement_timeout = args.ddp_timeout
         pm.register(StepAgreement(watch, args.ddp_timeout), name=StepAgreement.name)
     elif args.gradient_accumulation_steps > 1:
         watch.rewind = StepRewind()
