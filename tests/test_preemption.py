@@ -197,7 +197,16 @@ def metrics(scalars: dict) -> dict:
     return {k: v for k, v in scalars.items() if k != "train/epoch"}
 
 
-def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference):
+@pytest.fixture
+def wandb_service():
+    """Stop wandb's background service after the test (it also leaves WANDB_SERVICE in the env)."""
+    yield
+    import wandb
+
+    wandb.teardown()
+
+
+def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference, wandb_service):
     import glob
 
     from mlflow.tracking import MlflowClient
