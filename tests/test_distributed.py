@@ -184,7 +184,7 @@ def test_kill_and_resume_reaches_the_uninterrupted_weights(tmp_path):
     assert "Signal 9 (SIGKILL)" in killed.output or "(exitcode: -9) local_rank: 1" in killed.output, \
         killed.output[-4000:]
     assert not list((tmp_path / "broken").glob("result_rank*.json"))
-    # rank 0's files of checkpoint-6 were written, but it never became visible without rank 1's
+    # checkpoint-6 was begun (its temporary directory), but it never became visible without rank 1's part
     assert sorted(p.name for p in (tmp_path / "broken").glob("checkpoint-*")) == ["checkpoint-3"]
     assert (tmp_path / "broken" / ".tmp-checkpoint-6").is_dir()
 
