@@ -239,7 +239,9 @@ def test_full_disk_says_so_and_keeps_the_earlier_checkpoints(small_disk, caplog,
     assert "the earlier checkpoints are intact (checkpoint-2, checkpoint-4)" in message
     if save_async:
         assert "background save of checkpoint-6 failed" in message
-    assert trainer.state.global_step in ((6, 7) if save_async else (6,))  # stopped at the next boundary
+    # stopped at the next boundary after the failure; on a slow machine that is step 8, whose save
+    # waits for the failing one in flight
+    assert trainer.state.global_step in ((6, 7, 8) if save_async else (6,))
     assert checkpoint_steps(out) == [2, 4]
     assert verify(out / "checkpoint-2") == [] and verify(out / "checkpoint-4") == []
     assert not list(out.glob(".tmp-*")), "the failed save's temporary directory is removed"

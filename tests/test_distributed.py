@@ -153,9 +153,9 @@ def test_rank_zero_alone_reports_and_logs_the_effective_batch(runs):
 
 def test_one_set_of_reports_and_checkpoints(runs):
     ddp, _ = runs
-    # TensorBoard files are named events.out.tfevents.<time>.<host>.<pid>.<n>: rank 0's only
+    # TensorBoard files are named events.out.tfevents.<time>.<host>.<pid>.<n>.hooktrain: rank 0's only
     events = sorted((ddp.out / "runs").rglob("events.out.tfevents.*"))
-    assert events and {e.name.split(".")[-2] for e in events} == {str(ddp.result(0)["pid"])}, events
+    assert events and {e.name.split(".")[-3] for e in events} == {str(ddp.result(0)["pid"])}, events
     checkpoints = sorted(p.name for p in ddp.out.glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-4", "checkpoint-8"]
     for name in checkpoints:

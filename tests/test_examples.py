@@ -119,6 +119,7 @@ def test_digits_full_run_reaches_95_percent_and_keeps_the_best(tmp_path):
 
     # the saved model is the best one: evaluate it independently of the trainer
     sys.path.insert(0, str(EXAMPLES / "digits"))
+    sys.modules.pop("task", None)  # another test's task.py (hooktrain train registers it as "task")
     try:
         import task as digits
     finally:
