@@ -278,7 +278,10 @@ class Throughput:
         """Flush and end the current window; its totals (seconds: the processes' mean)."""
         self._stop_counting()
         now = time.perf_counter()
-        seconds = max(now - self.started - self.excluded, 0.0) if self.started else 0.0
+        # a window without a training step (after the last log: a final evaluation, the end of
+        # the run) holds no training time; every process sees the same steps
+        stepped = bool(self.samples or self.window.samples)
+        seconds = max(now - self.started - self.excluded, 0.0) if self.started and stepped else 0.0
         self._flush(trainer, state, seconds)
         window, self.window = self.window, Window()
         self.run.add(window)
