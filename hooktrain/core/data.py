@@ -4,7 +4,10 @@ collator, and padded concatenation of gathered arrays."""
 from __future__ import annotations
 
 import math
+import multiprocessing
+import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -193,6 +196,9 @@ def make_loader(
         kwargs["multiprocessing_context"] = args.dataloader_multiprocessing_context
         if worker_init:
             kwargs["worker_init_fn"] = partial(_init_worker, tuple(worker_init))
+            blocked = {s for f in worker_init for s in getattr(f, "blocked_signals", ())}
+            if blocked and hasattr(signal, "pthread_sigmask"):
+                kwargs["multiprocessing_context"] = _blocking_context(args.dataloader_multiprocessing_context, blocked)
     drop_last = train and args.dataloader_drop_last
     if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
@@ -209,6 +215,35 @@ def make_loader(
 def _init_worker(functions: tuple[Callable[[int], Any], ...], worker_id: int) -> None:
     for function in functions:
         function(worker_id)
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """A worker-init function of a plugin, and the signals a worker keeps blocked from its start
+    until the function has run (it would otherwise meet them with torch's worker handlers)."""
+
+    init: Callable[[int], Any]
+    blocked_signals: tuple[int, ...] = ()
+
+    def __call__(self, worker_id: int) -> None:
+        self.init(worker_id)
+
+
+def _blocking_context(method: str | None, signals: set[int]) -> Any:
+    """A multiprocessing context whose processes start with *signals* blocked (the mask is
+    inherited across fork and exec); the parent's mask is restored right after each start."""
+    base = multiprocessing.get_context(method)
+
+    class Process(base.Process):  # type: ignore[name-defined,misc]
+        def start(self) -> None:
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+            try:
+                super().start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+    context = type("BlockingContext", (type(base),), {"Process": Process})
+    return context()
 
 
 PAD_INDEX = -100  # what pads predictions and labels of different lengths (HF's padding_index)

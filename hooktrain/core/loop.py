@@ -51,11 +51,23 @@ STEP_HOOKS: dict[str, tuple[str, ...]] = {
 }
 
 
-class TrainOutput(NamedTuple):
+class _TrainResult(NamedTuple):
     global_step: int
     training_loss: float
     metrics: dict[str, float]
-    status: str = "completed"  # or "stopped" (should_stop, Ctrl-C) or "interrupted" (request_interrupt)
+
+
+class TrainOutput(_TrainResult):
+    """HF's three fields (``global_step, loss, metrics = trainer.train()`` still unpacks), plus
+    ``status``: "completed", "stopped" (should_stop, Ctrl-C) or "interrupted" (request_interrupt)."""
+
+    status: str
+
+    def __new__(cls, global_step: int, training_loss: float, metrics: dict[str, float],
+                status: str = "completed") -> TrainOutput:
+        out = super().__new__(cls, global_step, training_loss, metrics)
+        out.status = status
+        return out
 
 
 class Trainer(EvaluationMethods, CallbackMethods, Interruptible):

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from hooktrain.checkpointing import checkpoint_step
+from hooktrain.core.data import WorkerSetup
 from hooktrain.core.interrupts import EXIT_INTERRUPTED, TrainingInterrupted
 from hooktrain.core.markers import hookimpl
 from hooktrain.plugins.checkpoint import STORE_NAME, save_checkpoint_now, wait_for_checkpoint
@@ -321,7 +322,9 @@ def configure(trainer, args):
     pm = trainer.plugin_manager
     watch = SignalWatch(args.preemption_signals)
     pm.register(watch, name=SignalWatch.name)
-    trainer.worker_init_fns.append(partial(shield_worker, tuple(args.preemption_signals), os.getpid()))
+    # workers start with the signals blocked, so one arriving before shield_worker runs waits for it
+    trainer.worker_init_fns.append(WorkerSetup(partial(shield_worker, tuple(args.preemption_signals), os.getpid()),
+                                               tuple(watch.signals)))
     if trainer.world_size > 1:  # the distributed plugin's configure ran first
         watch.agree_across_processes = True
         watch.agreement_timeout = args.ddp_timeout
