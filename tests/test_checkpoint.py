@@ -164,6 +164,47 @@ def test_large_files_verify_and_reload(tmp_path, safetensors):
         assert torch.equal(fresh.state_dict()[name], value), name
 
 
+def _supports_o_direct(directory: Path) -> bool:
+    probe = directory / ".o_direct_probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0)))
+        return hasattr(os, "O_DIRECT")
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("where", ["tmp_path", "/dev/shm"])
+def test_hashing_writer_bytes_and_checksum_at_every_boundary(tmp_path, where):
+    """Files around the staging buffer's and the block's edges, written in pieces of every shape,
+    come out byte for byte with the checksum of their bytes; large ones bypass the page cache where
+    the file system allows O_DIRECT (a tmpfs may not: the writer then goes through the page cache)."""
+    from hooktrain.checkpointing.integrity import _ALIGN, _STAGING_BYTES, HashingWriter, digest_bytes, digest_file
+
+    directory = tmp_path if where == "tmp_path" else Path(where)
+    if not directory.is_dir():
+        pytest.skip(f"{where} does not exist here")
+    direct = _supports_o_direct(directory)
+    generator = torch.Generator().manual_seed(0)
+    for size in (0, 1, _ALIGN - 1, _ALIGN, _STAGING_BYTES - 1, _STAGING_BYTES, 2 * _STAGING_BYTES + _ALIGN + 7):
+        data = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=generator).numpy().tobytes()
+        path = directory / f"hooktrain-test-{os.getpid()}-{size}.bin"
+        try:
+            writer = HashingWriter(path)
+            pieces, start = [1, 4095, 3 << 20, 17, 9 << 20], 0
+            while start < size:  # small and large writes, straddling the buffer's end
+                n = pieces[start % len(pieces)]
+                writer.write(data[start : start + n])
+                start += n
+            record = writer.seal()
+            assert path.read_bytes() == data
+            assert record == {"size": size, "xxh3_128": digest_bytes(data)} == {"size": size, "xxh3_128": digest_file(path)}
+            assert (writer.direct_bytes > 0) == (direct and size >= _STAGING_BYTES), (size, writer.direct_bytes)
+        finally:
+            path.unlink(missing_ok=True)
+
+
 class Tied(torch.nn.Module):
     """Input and output embeddings share one weight (safetensors refuses shared storage as is)."""
 

@@ -9,11 +9,19 @@ never unpickles. Manifests written with ``sha256`` by earlier versions still ver
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
+import mmap
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no O_DIRECT either
+    fcntl = None  # type: ignore[assignment]
 
 #: the algorithm of new manifests
 HASH = "xxh3_128"
@@ -76,7 +84,14 @@ def out_of_space(exc: BaseException | None) -> int | None:
 class HashingWriter:
     """A new file that hashes every byte as it is written. :meth:`seal` fsyncs and closes it and
     returns its manifest record. A write that fails for lack of space is remembered in
-    :attr:`failure` (torch's serializer may re-raise it as another error)."""
+    :attr:`failure` (torch's serializer may re-raise it as another error).
+
+    The bytes gather in an aligned buffer (:class:`_Staging`). A file that outgrows it is written
+    with ``O_DIRECT`` where the file system allows: from that buffer straight to the disk, without
+    the page cache, whose page allocation and copy would take CPU time from training (on this VM
+    a buffered write of 63 MB costs 17-120 ms of CPU, ``O_DIRECT`` 2 ms). The tail that does not
+    fill a block, small files and file systems without ``O_DIRECT`` go through the page cache.
+    """
 
     def __init__(self, path: Path, algorithm: str = HASH):
         self.path = path
@@ -84,34 +99,175 @@ class HashingWriter:
         self.size = 0
         self.failure: OSError | None = None
         self._hasher = new_hasher(algorithm)
-        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (closed by seal/close)
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, 0o644)
+        self._staging: _Staging | None = _Staging.take()
+        self._direct = False  # O_DIRECT is on (decided when the buffer first fills)
+        self._tried_direct = False
+        self.direct_bytes = 0  # how many bytes went to the disk without the page cache
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self._hasher.update(view)
+        self._hasher.update(view)  # releases the GIL on large inputs
+        staging = self._staging
+        assert staging is not None, "write() after seal() or close()"
         try:
-            written = 0
-            while written < len(view):  # a raw file may write less than asked
-                written += self._file.write(view[written:])
+            done = 0
+            while done < len(view):
+                done += staging.add(view[done:])
+                if staging.full:
+                    self._flush_blocks()
         except OSError as exc:
             self.failure = exc
             raise
-        self.size += written
-        return written
+        self.size += len(view)
+        return len(view)
 
     def flush(self) -> None:
-        """Nothing is buffered (torch.save calls it)."""
+        """Nothing to do before :meth:`seal` (torch.save calls it)."""
 
-    def seal(self) -> dict[str, Any]:
-        """fsync and close the file; its manifest record (size and checksum)."""
+    def _flush_blocks(self) -> None:
+        """Write the whole blocks gathered so far (directly to the disk once the file is large)."""
+        staging, fd = self._staging, self._fd
+        assert staging is not None and fd is not None
+        if not self._tried_direct:
+            self._tried_direct = True
+            self._direct = _set_direct(fd, True)
+        blocks = staging.fill - staging.fill % _ALIGN
+        if blocks:
+            written = _write_all(fd, staging.view[:blocks], self._direct)
+            if self._direct:
+                self.direct_bytes += written
+            if written < blocks and self._direct:  # a short direct write: go on through the page cache
+                self._direct = not _set_direct(fd, False)
+                _write_all(fd, staging.view[written:blocks], False)
+            staging.consume(blocks)
+
+    def drain(self) -> None:
+        """Write what is still in the buffer and give the buffer back (no more writes follow)."""
+        staging, fd = self._staging, self._fd
+        if staging is None or fd is None:
+            return
         try:
-            os.fsync(self._file.fileno())
+            if staging.fill:
+                if self._direct:
+                    self._direct = not _set_direct(fd, False)  # the tail is not a whole block
+                _write_all(fd, staging.view[: staging.fill], False)
         except OSError as exc:
             self.failure = exc
             raise
         finally:
-            self._file.close()
+            self._staging = None
+            staging.give_back()
+
+    def seal(self) -> dict[str, Any]:
+        """Write what is left, fsync and close the file; its manifest record (size and checksum)."""
+        try:
+            self.drain()
+            assert self._fd is not None
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.failure = exc
+            raise
+        finally:
+            self.close()
         return {"size": self.size, self.algorithm: self._hasher.hexdigest()}
 
     def close(self) -> None:
-        self._file.close()
+        if self._staging is not None:
+            staging, self._staging = self._staging, None
+            staging.give_back()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+_ALIGN = 4096  # O_DIRECT's alignment of memory, file offsets and sizes (a page; above any block size)
+_STAGING_BYTES = 8 << 20
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_SMALL_COPY = 1 << 16  # below this, a slice assignment; above, a memmove without the GIL
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn ``O_DIRECT`` on or off for *fd*; whether it is now as asked."""
+    if not _O_DIRECT or fcntl is None:
+        return not on
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+def _write_all(fd: int, view: memoryview, direct: bool) -> int:
+    """Write *view* at the file's offset; the bytes written (fewer only when a direct write comes
+    up short: a full disk then raises on the next, buffered, write)."""
+    done = 0
+    while done < len(view):
+        try:
+            n = os.write(fd, view[done:])
+        except OSError as exc:
+            if direct and exc.errno == errno.EINVAL:  # the file system refuses O_DIRECT after all
+                return done
+            raise
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += n
+        if direct and done % _ALIGN:
+            return done
+    return done
+
+
+class _Staging:
+    """A page-aligned buffer where a file's bytes gather before they are written; a few are kept
+    and reused (a checkpoint's files are written one after another)."""
+
+    _free: list[_Staging] = []
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.memory = mmap.mmap(-1, _STAGING_BYTES)  # anonymous: page-aligned
+        self.view = memoryview(self.memory)
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.memory))
+        self.fill = 0
+
+    @classmethod
+    def take(cls) -> _Staging:
+        with cls._lock:
+            staging = cls._free.pop() if cls._free else None
+        return staging or cls()
+
+    def give_back(self) -> None:
+        self.fill = 0
+        with self._lock:
+            if len(self._free) < 2:
+                self._free.append(self)
+
+    @property
+    def full(self) -> bool:
+        return self.fill == _STAGING_BYTES
+
+    def add(self, data: memoryview) -> int:
+        """Copy as much of *data* as fits; how much that was."""
+        n = min(len(data), _STAGING_BYTES - self.fill)
+        if n < _SMALL_COPY:
+            self.view[self.fill : self.fill + n] = data[:n]
+        else:  # ctypes calls release the GIL: training goes on during the copy
+            ctypes.memmove(self.address + self.fill, _address(data), n)
+        self.fill += n
+        return n
+
+    def consume(self, n: int) -> None:
+        """Forget the first *n* bytes (written); the rest moves to the front."""
+        rest = self.fill - n
+        if rest:
+            self.view[:rest] = self.view[n : self.fill]
+        self.fill = rest
+
+
+def _address(data: memoryview) -> int:
+    """The address of the first byte of the contiguous *data* (read-only buffers too)."""
+    import numpy as np
+
+    return int(np.frombuffer(data, dtype=np.uint8).ctypes.data)

@@ -185,6 +185,7 @@ def persist(snapshot: Snapshot, coordinator: Coordinator | None = None) -> Path:
                 w = HashingWriter(tmp / name)
                 writers.append(w)
                 produce(w)
+                w.drain()  # its buffer serves the next file
             # every file written: now make them durable, together (the disk flushes them at once)
             records.update(zip([w.path.name for w in writers], _in_parallel([w.seal for w in writers]),
                                strict=True))
