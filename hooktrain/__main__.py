@@ -121,7 +121,7 @@ def print_summary(trainer: Any, result: Any) -> None:
             f"best: step {state.best_global_step} with {args.metric_for_best_model} = {state.best_metric:.4f}"
             + (" (weights loaded into the model)" if args.load_best_model_at_end else "")
         )
-    from hooktrain.plugins.checkpoint import WEIGHTS_BIN_NAME, WEIGHTS_NAME, list_checkpoints
+    from hooktrain.checkpointing import WEIGHTS_BIN_NAME, WEIGHTS_NAME, list_checkpoints
 
     checkpoints = [p.name for _, p in list_checkpoints(out)]
     weights = WEIGHTS_NAME if args.save_safetensors else WEIGHTS_BIN_NAME

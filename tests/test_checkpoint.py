@@ -14,14 +14,9 @@ import torch
 from helpers import ScriptedMetric, TinyRegressor, checkpoint_steps, tiny_trainer_parts
 
 from hooktrain import ArgumentError, CheckpointError, Trainer, TrainingArguments, hookimpl
+from hooktrain.checkpointing import load_model_weights, rotate_checkpoints, tidy_output_dir, verify
+from hooktrain.checkpointing.format import FORMAT
 from hooktrain.checkpoints_cli import main as checkpoints_main
-from hooktrain.plugins.checkpoint import (
-    FORMAT,
-    load_model_weights,
-    rotate_checkpoints,
-    tidy_output_dir,
-    verify,
-)
 
 
 def make_trainer(out: Path, plugins=(), model=None, n: int = 16, metric=None, **overrides) -> Trainer:
@@ -180,7 +175,13 @@ def test_hashing_writer_bytes_and_checksum_at_every_boundary(tmp_path, where):
     """Files around the staging buffer's and the block's edges, written in pieces of every shape,
     come out byte for byte with the checksum of their bytes; large ones bypass the page cache where
     the file system allows O_DIRECT (a tmpfs may not: the writer then goes through the page cache)."""
-    from hooktrain.checkpointing.integrity import _ALIGN, _STAGING_BYTES, HashingWriter, digest_bytes, digest_file
+    from hooktrain.checkpointing.integrity import (
+        _ALIGN,
+        _STAGING_BYTES,
+        HashingWriter,
+        digest_bytes,
+        digest_file,
+    )
 
     directory = tmp_path if where == "tmp_path" else Path(where)
     if not directory.is_dir():
@@ -622,3 +623,16 @@ def test_checkpoints_cli(tmp_path, capsys):
 
     assert checkpoints_main([str(tmp_path / "nothing-here")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_format_names_imported_from_the_plugin_still_work_with_a_deprecation_warning():
+    import hooktrain.checkpointing as library
+    import hooktrain.plugins.checkpoint as plugin
+
+    for name in ("verify", "read_manifest", "find_resumable_checkpoint", "rotate_checkpoints"):
+        with pytest.warns(DeprecationWarning, match=rf"plugins\.checkpoint\.{name} moved to hooktrain\.checkpointing"):
+            assert getattr(plugin, name) is getattr(library, name)
+    with pytest.warns(DeprecationWarning, match="FORMAT moved"):
+        assert plugin.FORMAT == FORMAT
+    with pytest.raises(AttributeError):
+        plugin.no_such_name  # noqa: B018

@@ -33,21 +33,14 @@ from typing import Any
 from hooktrain.checkpointing.contents import state_bytes, take_snapshot, weights_files
 from hooktrain.checkpointing.format import (
     ARGS_NAME,
-    FORMAT,
-    MANIFEST_NAME,
     TMP_PREFIX,
-    TRAINER_STATE_NAME,
-    WEIGHTS_BIN_NAME,
-    WEIGHTS_NAME,
     checkpoint_name,
     checkpoint_step,
     is_own_checkpoint,
     list_checkpoints,
-    read_manifest,
-    verify,
 )
 from hooktrain.checkpointing.integrity import HashingWriter
-from hooktrain.checkpointing.loading import find_resumable_checkpoint, newest_loadable, read_checkpoint
+from hooktrain.checkpointing.loading import newest_loadable, read_checkpoint
 from hooktrain.checkpointing.sharded import (
     is_sharded,
     load_sharded,
@@ -61,15 +54,12 @@ from hooktrain.checkpointing.storage import (
     directory_bytes,
     fsync_dir,
     remove_dir,
-    rotate_checkpoints,
     tidy_output_dir,
 )
 from hooktrain.checkpointing.tensors import (
     apply_weights,
     capture_rng_state,
-    load_model_weights,
     restore_rng_state,
-    weights_for_safetensors,
 )
 from hooktrain.checkpointing.writer import (
     BackgroundSave,
@@ -86,15 +76,29 @@ from hooktrain.core.state import TrainerState
 
 logger = logging.getLogger("hooktrain")
 
+#: this plugin's own API; the checkpoint format's names are in :mod:`hooktrain.checkpointing`
 __all__ = [
-    "ARITHMETIC_FIELDS", "ARGS_NAME", "CheckpointStore", "FORMAT", "MANIFEST_NAME", "TMP_PREFIX",
-    "TRAINER_STATE_NAME", "WEIGHTS_BIN_NAME", "WEIGHTS_NAME", "capture_rng_state", "checkpoint_name",
-    "checkpoint_step", "collect_plugin_states", "find_resumable_checkpoint", "is_own_checkpoint",
-    "list_checkpoints", "load_model_weights", "read_manifest", "restore_rng_state", "rotate_checkpoints",
-    "save_checkpoint_now", "tidy_output_dir", "verify", "wait_for_checkpoint", "weights_for_safetensors",
+    "ARITHMETIC_FIELDS", "CheckpointStore", "STORE_NAME", "collect_plugin_states", "save_checkpoint_now",
+    "wait_for_checkpoint",
 ]
 
 STORE_NAME = "checkpoint.store"
+
+
+def __getattr__(name: str) -> Any:
+    """The checkpoint format's names, which earlier versions exposed here: still found, with a
+    ``DeprecationWarning`` pointing to :mod:`hooktrain.checkpointing`."""
+    import hooktrain.checkpointing as library
+    from hooktrain.checkpointing import format as format_module
+
+    for source in (library, format_module):
+        if name in getattr(source, "__all__", ()) or (source is format_module and name == "FORMAT"):
+            import warnings
+
+            warnings.warn(f"hooktrain.plugins.checkpoint.{name} moved to {source.__name__}.{name}",
+                          DeprecationWarning, stacklevel=2)
+            return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Arguments compared with the checkpoint's ``training_args.json`` on resume. A difference in
 #: the first group changes what ``global_step`` means for the data (which samples were seen), so
