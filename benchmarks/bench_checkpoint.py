@@ -47,33 +47,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from workloads import MLP, SIZES, Data  # beside this file
 
-BATCH, N_SAMPLES, SIZES = 64, 12800, (512, 2048, 2048, 10)
-
-
-class MLP(torch.nn.Module):
-    def __init__(self, sizes=SIZES):
-        super().__init__()
-        layers: list[torch.nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-        self.net = torch.nn.Sequential(*layers[:-1])
-
-    def forward(self, x, labels):
-        return {"loss": torch.nn.functional.cross_entropy(self.net(x), labels)}
-
-
-class Data(torch.utils.data.Dataset):
-    def __init__(self, n: int, dim: int):
-        g = torch.Generator().manual_seed(1234)
-        self.x = torch.randn(n, dim, generator=g)
-        self.y = torch.randint(0, 10, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "labels": self.y[i]}
+BATCH, N_SAMPLES = 64, 12800
 
 
 def fsync(path: Path) -> None:

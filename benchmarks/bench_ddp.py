@@ -39,36 +39,12 @@ import sys
 import tempfile
 import time
 
-N_FEATURES, N_CLASSES = 512, 10
-
 
 def worker(args: argparse.Namespace) -> None:
     import torch
+    from workloads import MLP, Data  # beside this file
 
     from hooktrain import Trainer, TrainingArguments, hookimpl
-
-    class Data(torch.utils.data.Dataset):
-        def __init__(self, n: int):
-            g = torch.Generator().manual_seed(1234)
-            self.x = torch.randn(n, N_FEATURES, generator=g)
-            self.y = torch.randint(0, N_CLASSES, (n,), generator=g)
-
-        def __len__(self) -> int:
-            return len(self.x)
-
-        def __getitem__(self, i: int) -> dict:
-            return {"x": self.x[i], "labels": self.y[i]}
-
-    class MLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(N_FEATURES, 2048), torch.nn.ReLU(),
-                torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, N_CLASSES),
-            )
-
-        def forward(self, x, labels):
-            return {"loss": torch.nn.functional.cross_entropy(self.net(x), labels)}
 
     class Clock:
         def __init__(self):
