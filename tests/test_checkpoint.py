@@ -171,12 +171,18 @@ def _supports_o_direct(directory: Path) -> bool:
 
 
 @pytest.mark.parametrize("where", ["tmp_path", "/dev/shm"])
-def test_hashing_writer_bytes_and_checksum_at_every_boundary(tmp_path, where):
+@pytest.mark.parametrize("memory", ["bytes", "page-aligned"])
+def test_hashing_writer_bytes_and_checksum_at_every_boundary(tmp_path, where, memory):
     """Files around the staging buffer's and the block's edges, written in pieces of every shape,
-    come out byte for byte with the checksum of their bytes; large ones bypass the page cache where
-    the file system allows O_DIRECT (a tmpfs may not: the writer then goes through the page cache)."""
+    come out byte for byte with the checksum of their bytes. Where the file system allows O_DIRECT
+    the bytes of a large file bypass the page cache: through the staging buffer, or, for large
+    pieces of page-aligned memory at a block boundary of the file (hooktrain's snapshot buffers),
+    straight from that memory."""
+    import mmap
+
     from hooktrain.checkpointing.integrity import (
         _ALIGN,
+        _IN_PLACE,
         _STAGING_BYTES,
         HashingWriter,
         digest_bytes,
@@ -188,21 +194,31 @@ def test_hashing_writer_bytes_and_checksum_at_every_boundary(tmp_path, where):
         pytest.skip(f"{where} does not exist here")
     direct = _supports_o_direct(directory)
     generator = torch.Generator().manual_seed(0)
-    for size in (0, 1, _ALIGN - 1, _ALIGN, _STAGING_BYTES - 1, _STAGING_BYTES, 2 * _STAGING_BYTES + _ALIGN + 7):
+    for size in (0, 1, _ALIGN - 1, _ALIGN, _ALIGN + _IN_PLACE + 5, _STAGING_BYTES - 1, _STAGING_BYTES,
+                 2 * _STAGING_BYTES + _ALIGN + 7):
         data = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=generator).numpy().tobytes()
+        source = memoryview(data)
+        if memory == "page-aligned" and size:
+            aligned = mmap.mmap(-1, size)
+            aligned[:] = data
+            source = memoryview(aligned)
         path = directory / f"hooktrain-test-{os.getpid()}-{size}.bin"
         try:
             writer = HashingWriter(path)
-            pieces, start = [1, 4095, 3 << 20, 17, 9 << 20], 0
-            while start < size:  # small and large writes, straddling the buffer's end
-                n = pieces[start % len(pieces)]
-                writer.write(data[start : start + n])
+            pieces, start = [_ALIGN, 3 << 20, 17, 4095, 9 << 20, 1], 0
+            for i in range(len(data)):  # small and large pieces, straddling the buffer's end
+                if start >= size:
+                    break
+                n = pieces[i % len(pieces)]
+                writer.write(source[start : start + n])
                 start += n
             record = writer.seal()
             assert path.read_bytes() == data
             assert record == {"size": size, "xxh3_128": digest_bytes(data)} == {"size": size, "xxh3_128": digest_file(path)}
-            assert (writer.direct_bytes > 0) == (direct and size >= _STAGING_BYTES), (size, writer.direct_bytes)
+            in_place = memory == "page-aligned" and size >= _ALIGN + _IN_PLACE
+            assert (writer.direct_bytes > 0) == (direct and (size >= _STAGING_BYTES or in_place)), (size, writer.direct_bytes)
         finally:
+            source.release()
             path.unlink(missing_ok=True)
 
 

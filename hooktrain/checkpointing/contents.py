@@ -36,6 +36,7 @@ from hooktrain.checkpointing.format import (
     json_bytes,
     rng_name,
 )
+from hooktrain.checkpointing.integrity import FILE_ALIGNMENT
 from hooktrain.checkpointing.snapshot import HostBuffers, Key, Stager, copy_tree
 from hooktrain.checkpointing.tensors import safetensors_metadata, safetensors_view, write_safetensors
 from hooktrain.checkpointing.writer import Snapshot
@@ -46,20 +47,29 @@ def _write_bytes(f: Any, data: bytes) -> None:
 
 
 def _torch_save(f: Any, value: Any) -> None:
-    """``torch.save`` without the zip records' CRC-32: the manifest's checksum covers the file, and
-    torch's CRC costs about 15 ms of CPU per W2 optimizer state. ``torch.load`` does not check it.
-    (The switch is torch's global ``set_crc32_options``, restored afterwards; a ``torch.save`` on another thread
-    meanwhile also skips it, and its file loads the same.)"""
-    get, set_ = (getattr(torch.serialization, f"{verb}_crc32_options", None) for verb in ("get", "set"))
-    if get is None or set_ is None:  # torch before 2.6
+    """``torch.save`` as a checkpoint writes it: without the zip records' CRC-32 (the manifest's
+    checksum covers the file; torch's CRC costs about 15 ms of CPU per W2 optimizer state, and
+    ``torch.load`` does not check it), and with every tensor's bytes at a 4096-byte boundary of the
+    file (instead of 64), so that the writer hands them to the disk without copying them.
+    Both are torch's global serialization settings, restored afterwards; a ``torch.save`` on
+    another thread meanwhile gets them too, and its file loads the same."""
+    get_crc, set_crc = (getattr(torch.serialization, f"{verb}_crc32_options", None) for verb in ("get", "set"))
+    try:
+        from torch.utils.serialization import config
+    except ImportError:  # torch before 2.6: neither setting exists
         torch.save(value, f)
         return
-    before = get()
-    set_(False)
+    if get_crc is None or set_crc is None or not hasattr(config.save, "storage_alignment"):
+        torch.save(value, f)
+        return
+    crc, alignment = get_crc(), config.save.storage_alignment
+    set_crc(False)
+    config.save.storage_alignment = FILE_ALIGNMENT
     try:
         torch.save(value, f)
     finally:
-        set_(before)
+        set_crc(crc)
+        config.save.storage_alignment = alignment
 
 
 def state_bytes(model: torch.nn.Module, optimizer: Any = None) -> int:

@@ -11,6 +11,8 @@ optimizer step waits for them (:class:`~hooktrain.checkpointing.writer.StepGuard
 from __future__ import annotations
 
 import copy
+import math
+import mmap
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -42,14 +44,30 @@ class HostBuffers:
     def get(self, key: Key, like: torch.Tensor) -> torch.Tensor:
         """The buffer for *key*, (re)allocated when *like* has another shape or dtype."""
         if not self._fits(key, like):
-            pin = like.device.type == "cuda"
-            self._buffers[key] = torch.empty(like.shape, dtype=like.dtype, device="cpu", pin_memory=pin)
+            if like.device.type == "cuda":
+                self._buffers[key] = torch.empty(like.shape, dtype=like.dtype, device="cpu", pin_memory=True)
+            else:
+                self._buffers[key] = page_aligned_empty(like.shape, like.dtype)
         return self._buffers[key]
 
     def drop_unused(self, used: set[Key]) -> None:
         """Free the buffers of tensors that are gone from the state."""
         for key in [k for k in self._buffers if k not in used]:
             del self._buffers[key]
+
+
+#: below this size a buffer is an ordinary tensor
+_PAGE_ALIGNED_MIN = 1 << 16
+
+
+def page_aligned_empty(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor whose memory starts at a page boundary (for tensors of 64 KB or
+    more), so that the checkpoint writer can hand it to the disk with ``O_DIRECT`` without copying."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < _PAGE_ALIGNED_MIN:
+        return torch.empty(shape, dtype=dtype)
+    memory = mmap.mmap(-1, nbytes)  # anonymous: page-aligned; kept alive by the tensor
+    return torch.frombuffer(memory, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
 
 
 class Stager:

@@ -28,6 +28,7 @@ from hooktrain.checkpointing.format import (
     read_checked,
     read_manifest,
 )
+from hooktrain.checkpointing.integrity import FILE_ALIGNMENT
 from hooktrain.core.errors import CheckpointError
 
 logger = logging.getLogger("hooktrain")
@@ -114,7 +115,10 @@ def write_safetensors(f: Any, tensors: Mapping[str, torch.Tensor], metadata: Map
                         "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
+    # the format allows trailing spaces in the header: the data of a large file starts at a block
+    # boundary (the writer then hands the tensors to the disk without copying), else at 8 bytes
+    align = FILE_ALIGNMENT if offset >= 1 << 16 else 8
+    encoded += b" " * (-(8 + len(encoded)) % align)
     f.write(struct.pack("<Q", len(encoded)) + encoded)
     for name in order:
         t = tensors[name]
