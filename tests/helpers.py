@@ -145,6 +145,8 @@ class TokenLM(torch.nn.Module):
         self.embed = torch.nn.Embedding(vocab, dim)
         self.head = torch.nn.Linear(dim, vocab)
         self.seen: list[int | None] = []
+        self.sums: list[float] = []  # each call's summed loss over its targets
+        self.targets: list[int] = []  # each call's number of targets (labels that are not -100)
         if not kwargs:
             self.forward = self._forward_plain  # type: ignore[method-assign]
 
@@ -160,8 +162,8 @@ class TokenLM(torch.nn.Module):
         if labels is not None:
             flat = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
             self.seen.append(None if num_items is None else int(num_items))
-            if num_items is None:
-                out["loss"] = torch.nn.functional.cross_entropy(*flat, ignore_index=-100)
-            else:
-                out["loss"] = torch.nn.functional.cross_entropy(*flat, ignore_index=-100, reduction="sum") / num_items
+            summed = torch.nn.functional.cross_entropy(*flat, ignore_index=-100, reduction="sum")
+            self.sums.append(float(summed.detach()))
+            self.targets.append(int(labels.ne(-100).sum()))
+            out["loss"] = summed / (labels.ne(-100).sum() if num_items is None else num_items)
         return out
