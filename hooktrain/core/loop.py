@@ -185,12 +185,15 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
 
     def compute_loss(self, model: torch.nn.Module, batch: Any, num_items_in_batch: Any = None) -> tuple[torch.Tensor, Any]:
         """``(loss, outputs)`` of a batch: ``compute_loss`` if given, else ``model(**batch).loss``;
-        *num_items_in_batch*, when given, is passed on to either as a keyword (docs/index.md)."""
-        extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        *num_items_in_batch*, when given, is passed on to either as a keyword (docs/migrating-from-hf.md)."""
         if self.compute_loss_func is not None:
-            result = self.compute_loss_func(model, batch, **extra)
+            result = (self.compute_loss_func(model, batch) if num_items_in_batch is None
+                      else self.compute_loss_func(model, batch, num_items_in_batch=num_items_in_batch))
             return result if isinstance(result, tuple) else (result, None)
-        outputs = model(**batch, **extra) if isinstance(batch, dict) else model(batch)
+        if num_items_in_batch is not None:  # a dict batch with labels (count_loss_items)
+            outputs = model(**batch, num_items_in_batch=num_items_in_batch)
+        else:
+            outputs = model(**batch) if isinstance(batch, dict) else model(batch)
         if isinstance(outputs, dict):
             loss = outputs.get("loss")
         else:
