@@ -82,6 +82,7 @@ DEFAULTS = {
     "do_predict": (False, "core"),
     "max_grad_norm": (1.0, "training"),
     "label_smoothing_factor": (0.0, "training"),
+    "average_tokens_across_devices": (True, "training"),
     "learning_rate": (5e-5, "optimizers"),
     "weight_decay": (0.0, "optimizers"),
     "adam_beta1": (0.9, "optimizers"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -262,3 +263,38 @@ def test_padded_shards_count_each_sample_once():
     out = merge_eval_outputs([(None, len(s), s, preds[s], None) for s in shards])
     np.testing.assert_array_equal(out.predictions, preds)
     assert out.num_samples == n and out.loss is None and out.label_ids is None
+
+
+def test_average_tokens_across_devices(tmp_path):
+    """A loss normalised by num_items_in_batch (Hugging Face's meaning): True counts the window's
+    label tokens over both processes, so two processes train like one with their joint batch;
+    False normalises each process by its own tokens (DDP then averages the two token means)."""
+    ddp = launch(tmp_path / "ddp", batch=2, items=[True, False])
+    assert ddp.returncode == 0, ddp.output[-6000:]
+    script = runpy.run_path(str(SCRIPT))  # the single-process reference runs here, in this process
+    script["train_items"]({"out": str(tmp_path / "single"), "batch": 4, "items": [True]})
+    ref = json.loads((tmp_path / "single" / "result_rank0.json").read_text())["True"]
+    runs = {average: (ddp.result(0)[average], ddp.result(1)[average]) for average in ("True", "False")}
+
+    def window_sums(run, key):  # per optimizer step: 2 micro-batches of 2 per process
+        return np.add.reduceat(run[key], range(0, len(run[key]), 2))
+
+    # True: both processes' models got the joint count, and the weights and losses are the single run's
+    r0, r1 = runs["True"]
+    joint = window_sums(r0, "targets") + window_sums(r1, "targets")
+    assert r0["seen"] == r1["seen"] == np.repeat(joint, 2).tolist()
+    assert np.repeat(window_sums(ref, "targets"), 2).tolist() == ref["seen"]
+    assert window_sums(ref, "targets").tolist() == joint.tolist()  # the same global windows
+    for name, value in r0["weights"].items():
+        np.testing.assert_allclose(value, r1["weights"][name], rtol=0, atol=0)
+        np.testing.assert_allclose(value, ref["weights"][name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r0["losses"], ref["losses"], rtol=1e-5)
+    assert r0["training_loss"] == pytest.approx(ref["training_loss"], rel=1e-5)
+    # False: each process's count is its own; the logged loss is the mean of the two token means
+    f0, f1 = runs["False"]
+    for run in (f0, f1):
+        assert run["seen"] == np.repeat(window_sums(run, "targets"), 2).tolist()
+    means = [window_sums(run, "sums") / window_sums(run, "targets") for run in (f0, f1)]
+    np.testing.assert_allclose(f0["losses"], (means[0] + means[1]) / 2, rtol=1e-5)
+    assert window_sums(f0, "targets").tolist() != window_sums(f1, "targets").tolist()  # unequal shares
+    assert not np.allclose(f0["weights"]["head.weight"], r0["weights"]["head.weight"], rtol=1e-4)

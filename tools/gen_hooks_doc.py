@@ -17,7 +17,7 @@ SECTIONS = [
     ("Contributions", "every implementation runs; the loop merges what they return",
      ["extra_logs", "summary_logs", "protected_checkpoints", "plugin_state", "load_plugin_state"]),
     ("Decisions", "firstresult: the first non-None answer wins; built-in answers are trylast",
-     ["should_save", "should_stop", "should_end_epoch"]),
+     ["should_save", "should_stop", "should_end_epoch", "count_loss_items"]),
     ("Actions", "firstresult, with a trylast built-in you can replace or wrap",
      ["create_optimizer", "create_scheduler", "training_step", "backward", "optimizer_step",
       "evaluation_loop", "reduce_mean", "save_checkpoint", "save_model", "resume_checkpoint"]),

@@ -126,10 +126,6 @@ _TABLE: tuple[HFName, ...] = (
            unset=(None, True)),
     HFName("dataloader_in_order", "refused", "hooktrain's data loaders always yield the batches in "
            "order", unset=(None, True)),
-    HFName("average_tokens_across_devices", "ignored", "hooktrain's loss is the mean of each "
-           "micro-batch's mean loss, averaged over the accumulation window and the processes; it does "
-           "not count label tokens or pass num_items_in_batch to the model, so there is no token "
-           "count to average (both values are accepted)", unset=(None, True, False)),
     HFName("eval_use_gather_object", "ignored", "hooktrain's distributed evaluation always gathers "
            "each process's outputs as objects (any nesting, any shape)", unset=(None, False, True)),
     HFName("tpu_num_cores", "refused", "hooktrain does not train on TPUs"),

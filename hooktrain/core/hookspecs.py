@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from hooktrain.core.args import TrainingArguments
     from hooktrain.core.loop import Trainer
     from hooktrain.core.state import TrainerState
-    from hooktrain.core.types import EvalOutput, StepOutcome
+    from hooktrain.core.types import EvalOutput, LossItems, StepOutcome
 
 __all__ = [
     "validate_args",
@@ -57,6 +57,7 @@ __all__ = [
     "should_save",
     "should_stop",
     "should_end_epoch",
+    "count_loss_items",
     "create_optimizer",
     "create_scheduler",
     "training_step",
@@ -406,6 +407,21 @@ def should_end_epoch(trainer: Trainer, args: TrainingArguments, state: TrainerSt
     """
 
 
+@hookspec(firstresult=True)
+def count_loss_items(trainer: Trainer, batches: list[Any]) -> LossItems | None:
+    """How the loss of one accumulation window is normalised. Stops at first non-None result.
+
+    Asked once per optimizer step, before the window's forward passes, when a plugin implements
+    it. A :class:`~hooktrain.core.types.LossItems` makes every micro-batch's loss a share of
+    the window's (``training_step`` gets ``num_items_in_batch``; the loop sums the shares,
+    multiplied by ``scale``, and does not divide by the window's length); ``None`` keeps the
+    mean of the micro-batches' mean losses.
+
+    :param trainer: the Trainer.
+    :param batches: the window's collated micro-batches, as the loader yields them.
+    """
+
+
 # ---- Actions: firstresult with a trylast built-in -----------------------------------------
 
 
@@ -438,20 +454,26 @@ def create_scheduler(
 
 
 @hookspec(firstresult=True)
-def training_step(trainer: Trainer, model: torch.nn.Module, batch: Any) -> torch.Tensor | None:
+def training_step(
+    trainer: Trainer, model: torch.nn.Module, batch: Any, num_items_in_batch: Any
+) -> torch.Tensor | None:
     """Compute the loss of one micro-batch (forward pass only). Stops at first non-None result.
 
-    Precision plugins wrap this hook (``wrapper=True``) to run it under autocast.
+    Precision plugins wrap this hook (``wrapper=True``) to run it under autocast. With
+    *num_items_in_batch* the loss is the micro-batch's summed loss divided by it (Hugging Face's
+    meaning); an implementation that does not take the argument turns that counting off.
 
     :param trainer: the Trainer.
     :param model: the model in training mode (possibly wrapped, e.g. by DDP).
     :param batch: the collated micro-batch, on the model's device.
+    :param num_items_in_batch: the loss items of the whole window (``count_loss_items``), or
+        ``None``: the micro-batch's own mean loss.
     """
 
 
 @hookspec(firstresult=True)
 def backward(trainer: Trainer, loss: torch.Tensor) -> bool | None:
-    """Back-propagate *loss* (already divided by the micro-batches of its window). Stops at first non-None result.
+    """Back-propagate *loss* (already normalised for its window). Stops at first non-None result.
 
     Return ``True`` when done.
 

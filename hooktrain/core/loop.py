@@ -6,12 +6,12 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from itertools import count, islice
 from typing import Any, NamedTuple
 
 import torch
 
+from hooktrain.core.accumulation import accumulate
 from hooktrain.core.args import TrainingArguments
 from hooktrain.core.batch_size import train_finding_batch_size
 from hooktrain.core.callbacks import CallbackMethods
@@ -40,7 +40,8 @@ logger = logging.getLogger("hooktrain")
 #: arguments (positionally, for speed). ``train()`` checks every order against the hook's spec.
 STEP_HOOKS: dict[str, tuple[str, ...]] = {
     "on_step_begin": ("trainer", "args", "state"),
-    "training_step": ("trainer", "model", "batch"),
+    "count_loss_items": ("trainer", "batches"),
+    "training_step": ("trainer", "model", "batch", "num_items_in_batch"),
     "backward": ("trainer", "loss"),
     "optimizer_step": ("trainer", "model", "optimizer", "need_grad_norm"),
     "on_train_batch": ("trainer", "batch"),
@@ -182,12 +183,17 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
 
     # ---- the model contract -------------------------------------------------------------
 
-    def compute_loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
-        """``(loss, outputs)`` of a batch: ``compute_loss`` if given, else ``model(**batch).loss``."""
+    def compute_loss(self, model: torch.nn.Module, batch: Any, num_items_in_batch: Any = None) -> tuple[torch.Tensor, Any]:
+        """``(loss, outputs)`` of a batch: ``compute_loss`` if given, else ``model(**batch).loss``;
+        *num_items_in_batch*, when given, is passed on to either as a keyword (docs/migrating-from-hf.md)."""
         if self.compute_loss_func is not None:
-            result = self.compute_loss_func(model, batch)
+            result = (self.compute_loss_func(model, batch) if num_items_in_batch is None
+                      else self.compute_loss_func(model, batch, num_items_in_batch=num_items_in_batch))
             return result if isinstance(result, tuple) else (result, None)
-        outputs = model(**batch) if isinstance(batch, dict) else model(batch)
+        if num_items_in_batch is not None:  # a dict batch with labels (count_loss_items)
+            outputs = model(**batch, num_items_in_batch=num_items_in_batch)
+        else:
+            outputs = model(**batch) if isinstance(batch, dict) else model(batch)
         if isinstance(outputs, dict):
             loss = outputs.get("loss")
         else:
@@ -273,6 +279,7 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
             # the per-step decisions nobody answers are not asked
             self._asks_save, self._asks_stop = pm.implemented("should_save"), pm.implemented("should_stop")
             self._end_epoch = self._call["should_end_epoch"] if pm.implemented("should_end_epoch") else None
+            self._counts = pm.implemented("count_loss_items")  # else: no per-window count, the W1 fast path
             self._hooks_built = pm.changes
         return self._call
 
@@ -318,20 +325,20 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
             call, built = self._step_hooks(), pm.changes
             on_step_begin, training_step, backward = call["on_step_begin"], call["training_step"], call["backward"]
             optimizer_step, on_step_end, on_batch = call["optimizer_step"], call["on_step_end"], call["on_train_batch"]
-            asks_save, asks_stop, end_epoch = self._asks_save, self._asks_stop, self._end_epoch
+            asks_save, asks_stop, end_epoch, counts = self._asks_save, self._asks_stop, self._end_epoch, self._counts
             for update in range(start, steps):
                 if pm.changes != built:
                     start = update
                     break  # a plugin was (un)registered: bind the hooks again, then make this step
                 self.check_interrupt()
                 window = last_window if update == steps - 1 else ga
-                if window == 1:
+                if window == 1 and not counts:
                     batch = next(batches, None)
                     if batch is None:
                         return stepped  # the data ran out (iterable dataset)
                     on_batch(self, batch)
                     on_step_begin(self, args, state)
-                    step_loss = training_step(self, model, batch if on_cpu else to_device(batch, self.device))
+                    step_loss = training_step(self, model, batch if on_cpu else to_device(batch, self.device), None)
                     backward(self, step_loss)
                     n = 1
                 else:
@@ -339,7 +346,8 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
                     if not micro:
                         return stepped
                     on_step_begin(self, args, state)
-                    step_loss, n = self._accumulate(micro), len(micro)
+                    items = call["count_loss_items"](self, micro) if counts else None
+                    step_loss, n = accumulate(self, micro, items), len(micro)
                 gs = state.global_step + 1
                 log_due = bool(log_every and gs % log_every == 0) or (gs == 1 and args.logging_first_step)
                 outcome: StepOutcome = optimizer_step(self, model, optimizer, log_due)
@@ -370,22 +378,6 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
             else:
                 return stepped
         return stepped
-
-    def _accumulate(self, micro: list[Any]) -> torch.Tensor:
-        """Forward and backward over the micro-batches of one window; the window's mean loss."""
-        call, model, n = self._call, self.model_wrapped, len(micro)
-        losses = []
-        for i, batch in enumerate(micro):
-            self.check_interrupt()  # between micro-batches: an interrupt drops the step
-            call["on_train_batch"](self, batch)
-            if self.device.type != "cpu":
-                batch = to_device(batch, self.device)
-            # gradients are all-reduced (DDP) only on the last micro-batch of the window
-            with self._no_sync() if i < n - 1 and self._no_sync else nullcontext():
-                loss = call["training_step"](self, model, batch)
-                call["backward"](self, loss / n)
-            losses.append(loss.detach())
-        return torch.stack(losses).mean()
 
     def _after_epoch(self) -> None:
         args, state = self.args, self.state

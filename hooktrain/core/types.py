@@ -14,6 +14,14 @@ class StepOutcome(NamedTuple):
     skipped: bool = False
 
 
+class LossItems(NamedTuple):
+    """How the loss of one accumulation window is normalised (``count_loss_items``): over
+    ``num_items`` items (label tokens) of the whole window, and multiplied by ``scale``."""
+
+    num_items: Any  # a 0-d integer tensor (or an int): given to the loss as num_items_in_batch
+    scale: float = 1.0  # the processes' count when num_items is their sum (their gradients are averaged)
+
+
 @dataclass
 class EvalOutput:
     """What ``evaluation_loop`` returns."""

@@ -1,14 +1,16 @@
 """The default training step, backward, optimizer step (with ``max_grad_norm`` clipping) and evaluation loop.
 
 Every hook here is ``trylast``: a plugin that implements the same hook replaces it.
-Reads: max_grad_norm, label_smoothing_factor,
+Reads: max_grad_norm, label_smoothing_factor, average_tokens_across_devices,
 torch_empty_cache_steps, label_names, prediction_loss_only, logging_nan_inf_filter,
 include_for_metrics, batch_eval_metrics, eval_do_concat_batches, use_cache.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import sys
 from typing import Any
 
 import torch
@@ -16,24 +18,30 @@ import torch
 from hooktrain.core.data import concat_padded, iterate_batches, to_device
 from hooktrain.core.grads import clip_or_measure, forget_parameters
 from hooktrain.core.markers import hookimpl
-from hooktrain.core.types import EvalOutput, EvalPrediction, StepOutcome
+from hooktrain.core.types import EvalOutput, EvalPrediction, LossItems, StepOutcome
 
 
 @hookimpl(trylast=True)
-def training_step(trainer, model, batch):
-    loss, _ = trainer.compute_loss(model, batch)
+def training_step(trainer, model, batch, num_items_in_batch):
+    if num_items_in_batch is None:  # a Trainer subclass's compute_loss(model, batch) keeps working
+        loss, _ = trainer.compute_loss(model, batch)
+    else:
+        loss, _ = trainer.compute_loss(model, batch, num_items_in_batch=num_items_in_batch)
     return loss
 
 
 class LabelSmoothing:
-    """Replaces the model's loss by a label-smoothed cross-entropy of its logits (HF's LabelSmoother)."""
+    """Replaces the model's loss by a label-smoothed cross-entropy of its logits (HF's LabelSmoother):
+    the mean over the micro-batch's labels, or their sum divided by ``num_items_in_batch``. A
+    transformers causal LM's logits at position i are scored against label i + 1, as in HF."""
 
-    def __init__(self, epsilon: float, label_name: str):
+    def __init__(self, epsilon: float, label_name: str, shift: bool = False):
         self.epsilon = epsilon
         self.label_name = label_name
+        self.shift = shift
 
     @hookimpl
-    def training_step(self, trainer, model, batch):
+    def training_step(self, trainer, model, batch, num_items_in_batch):
         labels = batch.get(self.label_name) if isinstance(batch, dict) else None
         if labels is None:
             return None
@@ -43,10 +51,97 @@ class LabelSmoothing:
             raise ValueError(
                 "label_smoothing_factor needs the model's logits: return 'logits' from forward "
                 "(a dict or an object with .logits)")
-        return torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-            ignore_index=-100, label_smoothing=self.epsilon,
+        if self.shift:
+            logits, labels = logits[..., :-1, :], labels[..., 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
+            label_smoothing=self.epsilon, reduction="mean" if num_items_in_batch is None else "sum",
         )
+        return loss if num_items_in_batch is None else loss / num_items_in_batch
+
+
+class LossItemCounter:
+    """Hugging Face's ``num_items_in_batch``: each window's loss is normalised by the number of its
+    labels that are not -100 (``labels[..., 1:]`` for a transformers causal LM, ``shift_labels``
+    when the batches hold them), summed over the processes with ``average_tokens_across_devices``.
+
+    Registered when the loss can take the count: the model's forward takes ``**kwargs`` (or
+    ``model.accepts_loss_kwargs`` says so), or ``compute_loss=`` takes ``num_items_in_batch``. A
+    window without ``labels``, or a ``training_step`` implementation (or a ``Trainer.compute_loss``
+    override) that does not take ``num_items_in_batch``, keeps the mean of the micro-batch means.
+    """
+
+    def __init__(self, shifts_labels: bool, across_processes: bool):
+        self.shifts_labels = shifts_labels
+        self.across_processes = across_processes
+        self._checked = (-1, False)  # (plugin manager changes, every training step takes the count)
+
+    def _steps_take_count(self, trainer) -> bool:
+        pm = trainer.plugin_manager
+        if self._checked[0] != pm.changes:
+            impls = pm.hook.training_step.get_hookimpls()
+            takes = all("num_items_in_batch" in i.argnames for i in impls if not (i.wrapper or i.hookwrapper))
+            self._checked = (pm.changes, takes and _takes_count(type(trainer).compute_loss, kwargs=False))
+        return self._checked[1]
+
+    @hookimpl
+    def count_loss_items(self, trainer, batches):
+        first = batches[0]
+        if not isinstance(first, dict) or "labels" not in first or not self._steps_take_count(trainer):
+            return None
+        try:
+            counted = [b["shift_labels"] if "shift_labels" in b else b["labels"][..., 1:] if self.shifts_labels
+                       else b["labels"] for b in batches]
+            count = sum(labels.ne(-100).sum() for labels in counted)
+        except (TypeError, AttributeError, KeyError):  # labels that are not tensors: no count
+            return None
+        count = count.to(trainer.device, non_blocking=True)
+        if self.across_processes and trainer.world_size > 1:
+            torch.distributed.all_reduce(count)  # the sum over the processes
+            return LossItems(count, float(trainer.world_size))  # DDP/FSDP average the gradients
+        return LossItems(count)
+
+
+def _takes_count(function: Any, kwargs: bool = True) -> bool:
+    """Whether *function* takes ``num_items_in_batch`` (by name, or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "num_items_in_batch" or (kwargs and p.kind is p.VAR_KEYWORD) for p in params)
+
+
+def _model_takes_count(model: Any) -> bool:
+    """Hugging Face's ``model_accepts_loss_kwargs``: ``model.accepts_loss_kwargs`` when set, else
+    whether its ``forward`` takes ``**kwargs`` (or, here, a ``num_items_in_batch`` parameter)."""
+    accepts = getattr(model, "accepts_loss_kwargs", None)
+    return bool(accepts) if accepts is not None else _takes_count(model.forward)
+
+
+def _transformers_model(model: Any) -> bool:
+    """A transformers model (transformers is then imported already: this never imports it)."""
+    pretrained = getattr(sys.modules.get("transformers"), "PreTrainedModel", None)
+    return pretrained is not None and isinstance(model, pretrained)
+
+
+def _loss_shifts_labels(model: Any) -> bool:
+    """Whether the model's own loss scores logits i against labels i + 1 (HF's rule: its
+    ``loss_type`` maps to the causal-LM loss, and it is not an encoder-decoder)."""
+    if not _transformers_model(model):
+        return False
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    return LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not encoder_decoder
+
+
+def _causal_lm(model: Any) -> bool:
+    """A transformers causal LM by HF's table (HF's label smoother shifts the labels for those)."""
+    if not _transformers_model(model):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
 
 class CacheEmptier:
@@ -76,8 +171,12 @@ def configure(trainer, args):
     if config is not None and hasattr(config, "__dict__"):  # a transformers model: HF's Trainer sets it too
         config.use_cache = args.use_cache
     if args.label_smoothing_factor > 0:
-        pm.register(LabelSmoothing(args.label_smoothing_factor, (args.label_names or ["labels"])[0]),
-                    name="training.label_smoothing")
+        pm.register(LabelSmoothing(args.label_smoothing_factor, (args.label_names or ["labels"])[0],
+                                   _causal_lm(trainer.model)), name="training.label_smoothing")
+    loss_fn = trainer.compute_loss_func
+    if _takes_count(loss_fn) if loss_fn is not None else _model_takes_count(trainer.model):
+        pm.register(LossItemCounter(_loss_shifts_labels(trainer.model), args.average_tokens_across_devices),
+                    name="training.loss_items")
     if args.torch_empty_cache_steps:
         pm.register(CacheEmptier(args.torch_empty_cache_steps), name="training.empty_cache")
 

@@ -17,6 +17,11 @@ class TrainingStepArguments:
     label_smoothing_factor: float = arg(
         0.0, "Label smoothing epsilon for the loss computed from logits and labels; 0 disables it.",
         ge=0, lt=1)
+    average_tokens_across_devices: bool = arg(
+        True, "When the loss is normalised by the window's label tokens (num_items_in_batch: a model "
+        "whose forward takes **kwargs, or a compute_loss that takes num_items_in_batch), count them "
+        "over all processes, so that the gradient is the token mean of the global batch; False "
+        "normalises each process by its own tokens.")
     torch_empty_cache_steps: int | None = arg(
         None, "Empty the accelerator's memory cache every N steps; None never does.", ge=1)
     use_cache: bool = arg(

@@ -12,6 +12,10 @@ last step and after train()), ``tokens`` (the items also hold ``input_ids`` and 
 ``kill_in_persist_at`` (a step): SIGKILL itself while the background thread writes its random-state
 file of that step's checkpoint (the other process then waits for it to agree on the checkpoint).
 
+``items`` (a list of booleans): instead, train a token model whose loss takes
+``num_items_in_batch`` (tests/helpers.py TokenLM) once per value of
+``average_tokens_across_devices``, and write what each run's model received.
+
 Each process writes ``<out>/result_rank<R>.json``: its final weights, log history and metrics.
 """
 
@@ -117,8 +121,38 @@ class SeenBatches:
             self.tokens += int(batch["attention_mask"].sum())
 
 
+def train_items(cfg: dict) -> None:
+    """One short token-model run per value of average_tokens_across_devices in ``cfg["items"]``."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from helpers import TokenData, TokenLM, pad_tokens
+
+    out: dict = {}
+    for average in cfg["items"]:
+        model = TokenLM()
+        args = TrainingArguments(
+            output_dir=os.path.join(cfg["out"], str(average)), per_device_train_batch_size=cfg["batch"],
+            gradient_accumulation_steps=2, num_train_epochs=2, optim="sgd", learning_rate=0.5,
+            lr_scheduler_type="constant", max_grad_norm=0, train_sampling_strategy="sequential",
+            logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
+            average_tokens_across_devices=average, seed=7)
+        trainer = Trainer(model, args, train_dataset=TokenData(), data_collator=pad_tokens)
+        result = trainer.train()
+        out[str(average)] = {
+            "weights": {k: v.tolist() for k, v in trainer.model.state_dict().items()},
+            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+            "training_loss": result.training_loss, "seen": model.seen, "sums": model.sums,
+            "targets": model.targets,
+        }
+    os.makedirs(cfg["out"], exist_ok=True)
+    rank = int(os.environ.get("RANK", "0"))
+    with open(os.path.join(cfg["out"], f"result_rank{rank}.json"), "w") as fp:
+        json.dump(out, fp)
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
+    if cfg.get("items"):
+        return train_items(cfg)
     if cfg.get("kill_in_persist_at") and int(os.environ.get("RANK", "0")) == cfg.get("fault_rank", 1):
         kill_in_persist(cfg["kill_in_persist_at"])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
