@@ -365,7 +365,7 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
                 stepped = True
                 # the step's decisions: log, evaluate, save, stop
                 if log_due:
-                    self._log_training()
+                    self.log_training()
                 last, metrics = gs >= max_steps, None
                 if eval_every and gs >= args.eval_delay and (gs % eval_every == 0 or last):
                     metrics = self.evaluate()
@@ -382,7 +382,7 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
     def _after_epoch(self) -> None:
         args, state = self.args, self.state
         if args.logging_strategy == "epoch":
-            self._log_training()  # nothing when the window is empty
+            self.log_training()  # nothing when the window is empty
         metrics = None
         if args.eval_strategy == "epoch" and state.epoch >= args.eval_delay:
             metrics = self.evaluate()
@@ -415,7 +415,9 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
 
     # ---- logging -------------------------------------------------------------------------
 
-    def _log_training(self) -> None:
+    def log_training(self) -> None:
+        """Log the training window now: the loss, grad norm and learning rate of the steps since
+        the last log (nothing when there were none)."""
         state = self.state
         loss, steps, nonfinite = self._losses.close()
         if steps == 0:

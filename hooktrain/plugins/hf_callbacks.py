@@ -416,7 +416,7 @@ class HFCallbackAdapter:
     def on_step_end(self, trainer):
         self.fire("on_step_end")
         if self.control.should_log:
-            trainer._log_training()  # the loop's own log of this step then finds the window empty
+            trainer.log_training()  # the loop's own log of this step then finds the window empty
 
     @hookimpl
     def on_log(self, logs):
@@ -454,7 +454,7 @@ class HFCallbackAdapter:
     def on_epoch_end(self, trainer):
         self.fire("on_epoch_end")
         if self.control.should_log:
-            trainer._log_training()
+            trainer.log_training()
 
     @hookimpl(trylast=True)  # after best_model loaded the best weights
     def on_train_end(self, status):
