@@ -33,7 +33,9 @@ import torch
 from hooktrain import ArgumentError, Trainer, TrainingArguments
 from hooktrain.checkpointing import read_manifest, verify
 from hooktrain.checkpointing.sharded import MetadataUnpickler, load_sharded
+from hooktrain.core.data import ResumableBatchSampler
 from hooktrain.core.errors import CheckpointError
+from hooktrain.core.plan import StepPlan
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "train_fsdp.py"
 LAUNCH_TIMEOUT = 90  # seconds per torchrun launch (several runs each); a hang fails the test
@@ -268,3 +270,75 @@ def test_fsdp_without_a_launcher_is_refused_at_trainer_build(tmp_path, monkeypat
     assert "'offload' moves the shards from GPU memory to the CPU" in text
     assert "names ['Block'], which are not module classes of Sequential" in text
     assert not torch.distributed.is_initialized()
+
+
+# ---- the data position across a change in the number of processes (no processes needed) -------
+
+
+def _loader(n: int, batch: int, world: int, rank: int = 0, drop_last: bool = False):
+    sampler = ResumableBatchSampler(n, batch, seed=5, rank=rank, world_size=world, drop_last=drop_last)
+    return torch.utils.data.DataLoader(range(n), batch_sampler=sampler)
+
+
+def _steps(n: int, batch: int, ga: int, world: int, epoch: int, skip: int, drop_last: bool = False):
+    """The indices each optimizer step reads (all processes) in the rest of *epoch* after *skip* samples."""
+    per_rank = []
+    for rank in range(world):
+        sampler = _loader(n, batch, world, rank, drop_last).batch_sampler
+        sampler.set_epoch(epoch)
+        sampler.skip_samples(skip)
+        per_rank.append(list(sampler))
+    assert len({len(b) for b in per_rank}) == 1  # every process has as many batches
+    return [[i for b in per_rank for batch_ in b[s:s + ga] for i in batch_] for s in range(0, len(per_rank[0]), ga)]
+
+
+@pytest.mark.parametrize(("n", "batch", "ga", "old", "new", "drop_last"), [
+    (56, 4, 2, 2, 1, False), (56, 4, 1, 1, 2, False), (45, 3, 2, 2, 3, False), (45, 2, 3, 3, 2, False),
+    (10, 4, 1, 1, 4, False), (23, 2, 2, 4, 1, False), (7, 3, 1, 1, 2, False), (3, 1, 1, 1, 4, False),
+    (50, 4, 2, 1, 3, True), (31, 2, 1, 3, 2, True),
+])
+def test_a_resume_with_other_processes_reads_the_rest_of_the_epoch_once(n, batch, ga, old, new, drop_last):
+    spe_old = StepPlan.of(_loader(n, batch, old, drop_last=drop_last), -1, 2, ga).steps_per_epoch
+    spe_new = StepPlan.of(_loader(n, batch, new, drop_last=drop_last), -1, 2, ga).steps_per_epoch
+    for stop in range(1, 2 * spe_old):  # every step of two epochs, boundaries included
+        origin = StepPlan.of(_loader(n, batch, old, drop_last=drop_last), -1, 2, ga).record()
+        assert origin == {"global_step": 0, "epoch": 0, "samples": 0, "world_size": old}
+        plan = StepPlan.of(_loader(n, batch, new, drop_last=drop_last), -1, 2, ga, origin, stop)
+        epoch, consumed = plan.position(stop)
+        assert epoch == stop // spe_old or (consumed == 0 and epoch == stop // spe_old + 1)
+        read = [i for s in _steps(n, batch, ga, old, epoch, 0, drop_last)[: stop - epoch * spe_old] for i in s]
+        assert len(read) == consumed  # the samples the old processes had read, counted exactly
+        rest = _steps(n, batch, ga, new, epoch, consumed, drop_last)
+        assert len(rest) == plan.rest(consumed).steps_per_epoch
+        assert plan.rest(consumed).epoch_length == plan.batches_per_epoch  # state.epoch: over the whole epoch
+        seen = read + [i for s in rest for i in s]
+        if drop_last:  # the tail of each process's shard may be dropped; twice only what pads the rest
+            assert len(seen) - len(set(seen)) <= -(n - consumed) % new
+        else:  # each sample once, plus the padding of the rest, taken from the order's start
+            assert sorted(set(seen)) == list(range(n))
+            assert len(seen) - n == -(n - consumed) % new
+        # the run ends with the last epoch, after every step of it on the new processes
+        assert plan.max_steps == stop + len(rest) + (1 - epoch) * spe_new
+        assert plan.record() == {"global_step": stop, "epoch": epoch, "samples": consumed, "world_size": new}
+        # resumed again later with the same processes: the same position, from the recorded origin
+        again = StepPlan.of(_loader(n, batch, new, drop_last=drop_last), -1, 2, ga, plan.record(), stop + 1)
+        assert again.max_steps == plan.max_steps and again.position(stop + 1) == plan.position(stop + 1)
+        assert plan.position(plan.max_steps - 1)[0] == 1
+        # max_steps given: it stays
+        assert StepPlan.of(_loader(n, batch, new, drop_last=drop_last), 5 * spe_old, 2, ga, origin, stop).max_steps \
+            == 5 * spe_old
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(56, 4, 2), (45, 3, 3), (7, 2, 4), (10, 3, 1)])
+def test_skipping_whole_batches_of_samples_is_skipping_batches(n, batch, world):
+    # a resume with the same processes: skip_samples is today's skip_batches, and the general path agrees
+    for rank in range(world):
+        sampler = _loader(n, batch, world, rank).batch_sampler
+        sampler.set_epoch(1)
+        for skip in range(len(sampler) + 1):
+            sampler.skip_batches(skip)
+            want = list(sampler)
+            sampler.skip_samples(skip * batch * world)
+            assert list(sampler) == want
+            rest = sampler.indices(skip * batch * world) if skip else sampler.indices()
+            assert [rest[i:i + batch] for i in range(0, len(rest), batch)] == want
