@@ -109,10 +109,13 @@ ARITHMETIC_FIELDS: dict[str, tuple[str, ...]] = {
 }
 #: What a resume of sharded (fsdp) state with another number of processes does (in its warning).
 RESHARDED = (
-    " (fsdp: the model and optimizer state are resharded to the new processes; global_step, the "
-    "schedule and the counters are kept; the data position is re-derived from global_step for the "
-    "new number of processes: the same epoch order, split anew, so some samples of this epoch may be "
-    "read twice or not at all; the random state of each process starts again from the seed)")
+    " (fsdp: the model and optimizer state are resharded to the new processes; global_step and the "
+    "counters are kept; the data position is kept as a sample count: the samples of this epoch "
+    "already read are not read again, the rest of the epoch's order (the same order: it depends only "
+    "on the seed and the epoch) is dealt to the new processes; an epoch now has another number of "
+    "steps: by num_train_epochs, max_steps is counted again so that the run ends with its last epoch, "
+    "and the learning-rate schedule is built again for it (from this step on it follows the new "
+    "curve); a max_steps given stays; the random state of each process starts again from the seed)")
 
 
 def _is_writer(trainer: Any) -> bool:
