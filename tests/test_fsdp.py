@@ -352,6 +352,10 @@ def test_a_resume_with_other_processes_reads_the_rest_of_the_epoch_once(n, batch
         again = StepPlan.of(_loader(n, batch, new, drop_last=drop_last), -1, 2, ga, plan.record(), stop + 1)
         assert again.max_steps == plan.max_steps and again.position(stop + 1) == plan.position(stop + 1)
         assert plan.position(plan.max_steps - 1)[0] == 1
+        # a fractional num_train_epochs: the last epoch has as many steps as in a run on these processes
+        half = StepPlan.of(_loader(n, batch, new, drop_last=drop_last), -1, 1.5, ga, origin, stop)
+        if epoch == 0:
+            assert half.max_steps == stop + len(rest) + math.ceil(1.5 * spe_new) - spe_new
         # max_steps given: it stays
         assert StepPlan.of(_loader(n, batch, new, drop_last=drop_last), 5 * spe_old, 2, ga, origin, stop).max_steps \
             == 5 * spe_old
