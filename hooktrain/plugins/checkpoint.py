@@ -23,14 +23,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hooktrain.checkpointing.contents import state_bytes, take_snapshot, weights_files
+from hooktrain.checkpointing.contents import state_bytes, take_snapshot, weights_files, write_model
 from hooktrain.checkpointing.format import (
     ARGS_NAME,
     FORMAT,
@@ -46,7 +44,6 @@ from hooktrain.checkpointing.format import (
     read_manifest,
     verify,
 )
-from hooktrain.checkpointing.integrity import HashingWriter
 from hooktrain.checkpointing.loading import find_resumable_checkpoint, newest_loadable, read_checkpoint
 from hooktrain.checkpointing.sharded import (
     is_sharded,
@@ -59,7 +56,6 @@ from hooktrain.checkpointing.sharded import (
 from hooktrain.checkpointing.snapshot import HostBuffers
 from hooktrain.checkpointing.storage import (
     directory_bytes,
-    fsync_dir,
     remove_dir,
     rotate_checkpoints,
     tidy_output_dir,
@@ -336,29 +332,8 @@ class CheckpointStore:
         """The final weights and ``training_args.json`` in *output_dir*, each file replaced atomically."""
         if not trainer.is_world_process_zero:  # every process calls save_model; the main one writes
             return None
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        staging = out / f"{TMP_PREFIX}model-{os.getpid()}"
-        staging.mkdir(exist_ok=True)
-        try:
-            contents = weights_files(trainer.model, trainer.args.save_safetensors,
-                                     lambda t, key, deferrable: t.detach().cpu())
-            args_bytes = (trainer.args.to_json() + "\n").encode("utf-8")
-            contents[ARGS_NAME] = lambda f: f.write(args_bytes)
-            for name, produce in contents.items():
-                w = HashingWriter(staging / name)
-                try:
-                    produce(w)
-                except BaseException:
-                    w.close()
-                    raise
-                w.seal()
-            for name in contents:
-                os.replace(staging / name, out / name)
-            fsync_dir(out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return out
+        weights = weights_files(trainer.model, trainer.args.save_safetensors, lambda t, key, deferrable: t.detach().cpu())
+        return write_model(Path(output_dir), weights, trainer.args.to_json())
 
     # ---- resuming ------------------------------------------------------------------------
 
