@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -100,6 +102,45 @@ def weights_files(model: torch.nn.Module, safetensors: bool, stage: Callable[[to
     state = model.state_dict()
     copied_sd = copy_tree(state, ("weights",), lambda t, key: stage(t, key, key[-1] in parameters))
     return {WEIGHTS_BIN_NAME: partial(_torch_save, value=copied_sd)}
+
+
+def state_dict_files(state_dict: dict[str, torch.Tensor], safetensors: bool) -> dict[str, Callable[[Any], None]]:
+    """The weights file (by name) and what writes it, from a state dict of host tensors (a sharded
+    model's gathered weights)."""
+    if safetensors:
+        tensors, aliases = safetensors_view(state_dict)
+        return {WEIGHTS_NAME: partial(write_safetensors, tensors=tensors, metadata=safetensors_metadata(aliases))}
+    return {WEIGHTS_BIN_NAME: partial(_torch_save, value=dict(state_dict))}
+
+
+def write_model(output_dir: Path, weights: dict[str, Callable[[Any], None]], args_json: str) -> Path:
+    """*weights* (:func:`weights_files`, :func:`state_dict_files`) and ``training_args.json`` into
+    *output_dir* (``save_model``): each file written and fsynced in a staging directory beside them,
+    then renamed into place, so an existing file is replaced atomically; *output_dir*."""
+    from hooktrain.checkpointing.format import TMP_PREFIX
+    from hooktrain.checkpointing.integrity import HashingWriter
+    from hooktrain.checkpointing.storage import fsync_dir
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_dir / f"{TMP_PREFIX}model-{os.getpid()}"
+    staging.mkdir(exist_ok=True)
+    args_bytes = (args_json + "\n").encode("utf-8")
+    contents = {**weights, ARGS_NAME: lambda f: f.write(args_bytes)}
+    try:
+        for name, produce in contents.items():
+            writer = HashingWriter(staging / name)
+            try:
+                produce(writer)
+            except BaseException:
+                writer.close()
+                raise
+            writer.seal()
+        for name in contents:
+            os.replace(staging / name, output_dir / name)
+        fsync_dir(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
 
 
 def take_snapshot(

@@ -25,6 +25,9 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
     processes each rank takes every ``world_size``-th index of the padded permutation, as
     ``DistributedSampler`` does; with ``pad=False`` (evaluation) the permutation is not padded,
     so every sample is seen exactly once and the shards may differ in length by one.
+    ``skip_samples(n)`` starts the next iteration after the first ``n`` samples of the order (read
+    by any number of processes before): the rest of the order, padded to a multiple of the processes
+    from the order's start, is dealt as above; on this sampler's own batches it is ``skip_batches``.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.group_size = group_size or batch_size
         self.epoch = 0
         self._skip = 0
+        self._skip_samples = 0
         self.per_rank = math.ceil(num_samples / world_size) if pad else len(range(rank, num_samples, world_size))
 
     def set_epoch(self, epoch: int) -> None:
@@ -62,7 +66,14 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         """Start the next iteration at batch *n* (for one iteration only)."""
         self._skip = n
 
-    def indices(self) -> list[int]:
+    def skip_samples(self, n: int) -> None:
+        """Start the next iteration after the first *n* samples of the epoch's order, over all
+        processes (for one iteration only): exact after any number of processes read them."""
+        per_batch = self.batch_size * self.world_size
+        self._skip, self._skip_samples = (n // per_batch, 0) if n % per_batch == 0 else (0, n)
+
+    def indices(self, skip: int = 0) -> list[int]:
+        """This process's indices of the epoch, after the first *skip* samples of the order."""
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
@@ -71,6 +82,10 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
                 order = group_by_length(order, self.lengths, self.group_size)
         else:
             order = list(range(self.num_samples))
+        if skip:
+            rest = order[skip:]
+            short = -len(rest) % self.world_size if self.pad else 0
+            return (rest + (order * math.ceil(short / len(order)))[:short])[self.rank :: self.world_size]
         if self.world_size > 1:
             if self.pad:
                 total = self.per_rank * self.world_size
@@ -84,10 +99,12 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         return math.ceil(self.per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = self.indices()
-        start, self._skip = self._skip, 0
-        for b in range(start, len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+        (start, self._skip), (skip, self._skip_samples) = (self._skip, 0), (self._skip_samples, 0)
+        order = self.indices(skip)
+        size = self.batch_size
+        end = len(self) if not skip else len(order) // size if self.drop_last else math.ceil(len(order) / size)
+        for b in range(start, end):
+            yield order[b * size : (b + 1) * size]
 
 
 def group_by_length(order: list[int], lengths: Sequence[int], group_size: int) -> list[int]:

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import count, islice
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -29,10 +29,10 @@ from hooktrain.core.grads import grad_clearer
 from hooktrain.core.interrupts import Interruptible, TrainingInterrupted
 from hooktrain.core.losses import LossWindow
 from hooktrain.core.manager import PluginManager, build_manager
-from hooktrain.core.plan import StepPlan
+from hooktrain.core.plan import StepPlan, rebuild_scheduler
 from hooktrain.core.seeding import set_seed
 from hooktrain.core.state import TrainerState, resolve_steps
-from hooktrain.core.types import EvalPrediction, ProcessFlag, StepOutcome
+from hooktrain.core.types import EvalPrediction, ProcessFlag, StepOutcome, TrainOutput
 
 logger = logging.getLogger("hooktrain")
 
@@ -50,25 +50,6 @@ STEP_HOOKS: dict[str, tuple[str, ...]] = {
     "should_stop": ("trainer", "args", "state", "metrics"),
     "should_end_epoch": ("trainer", "args", "state"),
 }
-
-
-class _TrainResult(NamedTuple):
-    global_step: int
-    training_loss: float
-    metrics: dict[str, float]
-
-
-class TrainOutput(_TrainResult):
-    """HF's three fields (``global_step, loss, metrics = trainer.train()`` still unpacks), plus
-    ``status``: "completed", "stopped" (should_stop, Ctrl-C) or "interrupted" (request_interrupt)."""
-
-    status: str
-
-    def __new__(cls, global_step: int, training_loss: float, metrics: dict[str, float],
-                status: str = "completed") -> TrainOutput:
-        out = super().__new__(cls, global_step, training_loss, metrics)
-        out.status = status
-        return out
 
 
 class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
@@ -222,12 +203,18 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
             if self.optimizer is None:
                 raise RuntimeError("no plugin created an optimizer (is 'optimizers' disabled?); "
                                    "pass Trainer(optimizers=(optimizer, None))")
-        if self.lr_scheduler is None:
+        made_scheduler = self.lr_scheduler is None
+        if made_scheduler:
             self.lr_scheduler = hook.create_scheduler(
                 trainer=self, optimizer=self.optimizer, args=args, num_training_steps=max_steps
             )
         if resume_from_checkpoint is not False:  # None: the checkpoint plugin may resume from args
             hook.resume_checkpoint(trainer=self, checkpoint=resume_from_checkpoint)
+        plan = StepPlan.of(loader, args.max_steps, args.num_train_epochs, args.gradient_accumulation_steps,
+                           state.data_origin, state.global_step)  # a resumed run: from where its data was
+        if plan.max_steps != max_steps and made_scheduler:  # the steps changed with the number of processes
+            self.lr_scheduler = rebuild_scheduler(self, plan.max_steps)
+        max_steps, state.data_origin = plan.max_steps, plan.record()
         state.max_steps = max_steps
         state.num_train_epochs = plan.epochs or 0
         state.num_update_steps_per_epoch = plan.steps_per_epoch
@@ -285,24 +272,22 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
 
     def _epochs(self, loader: Any, plan: StepPlan) -> None:
         args, state, hook = self.args, self.state, self.plugin_manager.hook
-        first_epoch, skip_steps = plan.position(state.global_step)
+        first_epoch, consumed = plan.position(state.global_step)  # samples (batches: a loader of its own)
         sampler = getattr(loader, "batch_sampler", None)
         if state.global_step >= plan.max_steps:  # resumed from the final checkpoint
             return
         epochs = range(first_epoch, plan.epochs) if plan.epochs is not None else count(first_epoch)
         for epoch in epochs:
+            skip = consumed if epoch == first_epoch and not args.ignore_data_skip else 0
             if isinstance(sampler, ResumableBatchSampler):
                 sampler.set_epoch(epoch)
-                if epoch == first_epoch and not args.ignore_data_skip:
-                    sampler.skip_batches(skip_steps * plan.accumulation)
-            if epoch != first_epoch or args.ignore_data_skip:
-                skip_steps = 0
+                sampler.skip_samples(skip)
             hook.on_epoch_begin(trainer=self, args=args, state=state)
             batches = iterate_batches(loader)
-            if skip_steps and not isinstance(sampler, ResumableBatchSampler):
-                for _ in islice(batches, skip_steps * plan.accumulation):  # a loader of its own: read past them
+            if skip and not isinstance(sampler, ResumableBatchSampler):
+                for _ in islice(batches, skip):  # a loader of its own: read past them
                     pass
-            stepped = self._epoch_steps(batches, epoch, skip_steps, plan)
+            stepped = self._epoch_steps(batches, epoch, plan.rest(skip))
             if not stepped and plan.batches_per_epoch is None:
                 raise ValueError(f"the train_dataset yielded no batch in epoch {epoch}")
             hook.on_epoch_end(trainer=self, args=args, state=state)
@@ -310,8 +295,8 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
             if state.stop_reason or state.global_step >= plan.max_steps:
                 break
 
-    def _epoch_steps(self, batches: Iterator[Any], epoch: int, first_update: int, plan: StepPlan) -> bool:
-        """The optimizer steps of one epoch from update *first_update* on, each followed by its log,
+    def _epoch_steps(self, batches: Iterator[Any], epoch: int, plan: StepPlan) -> bool:
+        """The optimizer steps of (the rest of) one epoch, each followed by its log,
         evaluation, save and stop decisions. False when not one step was made (no data). The hot
         path: what stays the same is looked up once, and again after a plugin is (un)registered."""
         args, state, model, optimizer, pm = self.args, self.state, self.model_wrapped, self.optimizer, self.plugin_manager
@@ -320,7 +305,7 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
         log_every, eval_every = self._log_every, self._eval_every
         ga, on_cpu = plan.accumulation, self.device.type == "cpu"
         steps, last_window, epoch_len, max_steps = plan.steps_per_epoch, plan.last_window, plan.epoch_length, plan.max_steps
-        stepped, start = False, first_update
+        stepped, start, before = False, 0, plan.epoch_offset
         while start < steps:  # once, and again from the current step after (un)registrations
             call, built = self._step_hooks(), pm.changes
             on_step_begin, training_step, backward = call["on_step_begin"], call["training_step"], call["backward"]
@@ -360,7 +345,7 @@ class Trainer(EvaluationMethods, CallbackMethods, Interruptible):
                 add_loss(step_loss)
                 self._grad_norm = outcome.grad_norm
                 state.global_step = gs
-                state.epoch = epoch + (update * ga + n) / epoch_len
+                state.epoch = epoch + (before + update * ga + n) / epoch_len
                 on_step_end(self, args, state)
                 stepped = True
                 # the step's decisions: log, evaluate, save, stop

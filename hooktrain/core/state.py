@@ -34,6 +34,11 @@ class TrainerState:
     stop_reason: str | None = None
     nonfinite_steps: int = 0
     skipped_steps: int = 0
+    #: ``{"global_step", "epoch", "samples", "world_size"}``: from that step on, the data follows the
+    #: epoch orders dealt to ``world_size`` processes, starting after ``samples`` samples of
+    #: ``epoch`` (all zero but the processes unless a resume changed their number); ``None``: a
+    #: loader of one's own, or a checkpoint from before this field (the position follows ``global_step``)
+    data_origin: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

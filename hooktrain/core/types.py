@@ -7,6 +7,25 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 
+class _TrainResult(NamedTuple):
+    global_step: int
+    training_loss: float
+    metrics: dict[str, float]
+
+
+class TrainOutput(_TrainResult):
+    """HF's three fields (``global_step, loss, metrics = trainer.train()`` still unpacks), plus
+    ``status``: "completed", "stopped" (should_stop, Ctrl-C) or "interrupted" (request_interrupt)."""
+
+    status: str
+
+    def __new__(cls, global_step: int, training_loss: float, metrics: dict[str, float],
+                status: str = "completed") -> TrainOutput:
+        out = super().__new__(cls, global_step, training_loss, metrics)
+        out.status = status
+        return out
+
+
 class StepOutcome(NamedTuple):
     """What ``optimizer_step`` did: the pre-clip gradient norm and whether the step was skipped."""
 

@@ -23,23 +23,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hooktrain.checkpointing.contents import state_bytes, take_snapshot, weights_files
+from hooktrain.checkpointing.contents import state_bytes, take_snapshot, weights_files, write_model
 from hooktrain.checkpointing.format import (
-    ARGS_NAME,
-    TMP_PREFIX,
     checkpoint_name,
     checkpoint_step,
     is_own_checkpoint,
     list_checkpoints,
 )
-from hooktrain.checkpointing.integrity import HashingWriter
 from hooktrain.checkpointing.loading import newest_loadable, read_checkpoint
 from hooktrain.checkpointing.sharded import (
     is_sharded,
@@ -52,7 +47,6 @@ from hooktrain.checkpointing.sharded import (
 from hooktrain.checkpointing.snapshot import HostBuffers
 from hooktrain.checkpointing.storage import (
     directory_bytes,
-    fsync_dir,
     remove_dir,
     tidy_output_dir,
 )
@@ -113,10 +107,13 @@ ARITHMETIC_FIELDS: dict[str, tuple[str, ...]] = {
 }
 #: What a resume of sharded (fsdp) state with another number of processes does (in its warning).
 RESHARDED = (
-    " (fsdp: the model and optimizer state are resharded to the new processes; global_step, the "
-    "schedule and the counters are kept; the data position is re-derived from global_step for the "
-    "new number of processes: the same epoch order, split anew, so some samples of this epoch may be "
-    "read twice or not at all; the random state of each process starts again from the seed)")
+    " (fsdp: the model and optimizer state are resharded to the new processes; global_step and the "
+    "counters are kept; the data position is kept as a sample count: the samples of this epoch "
+    "already read are not read again, the rest of the epoch's order (the same order: it depends only "
+    "on the seed and the epoch) is dealt to the new processes; an epoch now has another number of "
+    "steps: by num_train_epochs, max_steps is counted again so that the run ends with its last epoch, "
+    "and the learning-rate schedule is built again for it (from this step on it follows the new "
+    "curve); a max_steps given stays; the random state of each process starts again from the seed)")
 
 
 def _is_writer(trainer: Any) -> bool:
@@ -337,29 +334,8 @@ class CheckpointStore:
         """The final weights and ``training_args.json`` in *output_dir*, each file replaced atomically."""
         if not trainer.is_world_process_zero:  # every process calls save_model; the main one writes
             return None
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        staging = out / f"{TMP_PREFIX}model-{os.getpid()}"
-        staging.mkdir(exist_ok=True)
-        try:
-            contents = weights_files(trainer.model, trainer.args.save_safetensors,
-                                     lambda t, key, deferrable: t.detach().cpu())
-            args_bytes = (trainer.args.to_json() + "\n").encode("utf-8")
-            contents[ARGS_NAME] = lambda f: f.write(args_bytes)
-            for name, produce in contents.items():
-                w = HashingWriter(staging / name)
-                try:
-                    produce(w)
-                except BaseException:
-                    w.close()
-                    raise
-                w.seal()
-            for name in contents:
-                os.replace(staging / name, out / name)
-            fsync_dir(out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return out
+        weights = weights_files(trainer.model, trainer.args.save_safetensors, lambda t, key, deferrable: t.detach().cpu())
+        return write_model(Path(output_dir), weights, trainer.args.to_json())
 
     # ---- resuming ------------------------------------------------------------------------
 

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,36 +177,9 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def write_consolidated(state_dict: Mapping[str, torch.Tensor], args: Any, output_dir: Path) -> None:
     """``model.safetensors`` (or ``pytorch_model.bin``) and ``training_args.json`` into *output_dir*,
     each written beside and renamed into place: what the checkpoint plugin's ``save_model`` writes."""
-    from hooktrain.checkpointing.format import ARGS_NAME, TMP_PREFIX, WEIGHTS_BIN_NAME, WEIGHTS_NAME
-    from hooktrain.checkpointing.integrity import HashingWriter
-    from hooktrain.checkpointing.storage import fsync_dir
-    from hooktrain.checkpointing.tensors import safetensors_metadata, safetensors_view, write_safetensors
+    from hooktrain.checkpointing.contents import state_dict_files, write_model
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = output_dir / f"{TMP_PREFIX}model-{os.getpid()}"
-    staging.mkdir(exist_ok=True)
-    contents: dict[str, Callable[[Any], Any]] = {}
-    if args.save_safetensors:
-        tensors, aliases = safetensors_view(state_dict)
-        contents[WEIGHTS_NAME] = lambda f: write_safetensors(f, tensors, safetensors_metadata(aliases))
-    else:
-        contents[WEIGHTS_BIN_NAME] = lambda f: torch.save(dict(state_dict), f)
-    args_bytes = (args.to_json() + "\n").encode("utf-8")
-    contents[ARGS_NAME] = lambda f: f.write(args_bytes)
-    try:
-        for name, produce in contents.items():
-            writer = HashingWriter(staging / name)
-            try:
-                produce(writer)
-            except BaseException:
-                writer.close()
-                raise
-            writer.seal()
-        for name in contents:
-            os.replace(staging / name, output_dir / name)
-        fsync_dir(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    write_model(output_dir, state_dict_files(dict(state_dict), args.save_safetensors), args.to_json())
 
 
 def _size(n: int) -> str:

@@ -4,7 +4,7 @@
 
 The JSON is a list of runs, trained one after the other in the same processes (one launch, one
 process group). Each run: ``name``, ``out`` output dir, ``fsdp`` (option string; empty = DDP),
-``steps``, ``save_steps`` (0 = none), ``resume`` (True or a checkpoint path), ``kill_at`` (rank
+``steps`` (max_steps), ``epochs`` (num_train_epochs, with ``steps=-1``), ``batch``, ``ga``, ``save_steps`` (0 = none), ``resume`` (True or a checkpoint path), ``kill_at`` (rank
 ``fault_rank``, default 1, SIGKILLs itself after that step), ``gc`` (gradient checkpointing),
 ``save_model`` (write and check the consolidated weights), ``best`` (evaluate at every save and
 ``load_best_model_at_end`` on the eval loss), ``save_async`` (default False: ``on_save`` then
@@ -12,7 +12,8 @@ comes at the step saved, and the weights recorded there are the checkpoint's).
 
 Each process writes ``<out>/result_<name>_rank<R>.json``: the log history, the full weights at
 the end, at every save and right after a resume (gathered), the optimizer's full state at the same
-points, and the bytes of parameters, gradients and optimizer state this process holds.
+points, the bytes of parameters, gradients and optimizer state this process holds, and the
+training samples each step read on this process (with ``state.epoch`` after the step).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ class Data(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, DIM, generator=g)
         self.y = torch.sin(self.x.sum(dim=1)) + 0.1 * torch.randn(n, generator=g)
+        self.read: list[int] = []  # the indices asked for since the last step
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        self.read.append(int(i))
         return {"x": self.x[i], "labels": self.y[i]}
 
 
@@ -82,8 +85,9 @@ class Probe:
 
     name = "test.fsdp_probe"
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
+    def __init__(self, cfg: dict, data: Data):
+        self.cfg, self.data = cfg, data
+        self.samples: dict[int, tuple[float, list[int]]] = {}
         self.grad_bytes = 0
         self.optim_bytes = 0
         self.saved: dict[int, dict] = {}
@@ -109,6 +113,8 @@ class Probe:
 
     @hookimpl
     def on_step_end(self, trainer, state):
+        self.samples[state.global_step] = (state.epoch, self.data.read)
+        self.data.read = []
         if self.cfg.get("kill_at") == state.global_step and trainer.process_index == self.cfg.get("fault_rank", 1):
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -121,9 +127,10 @@ def train(cfg: dict) -> None:
         output_dir=cfg["out"], per_device_train_batch_size=cfg.get("batch", 4),
         per_device_eval_batch_size=2,  # 13 samples: 4 batches on rank 0, 3 on rank 1
         gradient_accumulation_steps=cfg.get("ga", 1), max_steps=cfg.get("steps", 8),
+        num_train_epochs=cfg.get("epochs", 3),
         learning_rate=0.02, max_grad_norm=cfg.get("max_grad_norm", 0.5), logging_steps=1, seed=7,
         eval_strategy="steps" if cfg.get("eval") else "no",
-        eval_steps=save_steps if cfg.get("best") else cfg.get("steps", 8),
+        eval_steps=save_steps if cfg.get("best") else max(cfg.get("steps", 8), 1),
         load_best_model_at_end=bool(cfg.get("best")), metric_for_best_model="loss" if cfg.get("best") else None,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         save_async=bool(cfg.get("save_async")),
@@ -131,8 +138,9 @@ def train(cfg: dict) -> None:
         overwrite_output_dir=not cfg.get("resume"), fsdp=cfg.get("fsdp", ""),
         gradient_checkpointing=bool(cfg.get("gc")),
     )
-    probe = Probe(cfg)
-    trainer = Trainer(model=model, args=args, train_dataset=Data(N_TRAIN, seed=1),
+    data = Data(N_TRAIN, seed=1)
+    probe = Probe(cfg, data)
+    trainer = Trainer(model=model, args=args, train_dataset=data,
                       eval_dataset=Data(N_EVAL, seed=2),
                       compute_metrics=lambda p: {"mse": float(np.mean((p[0] - p[1]) ** 2))},
                       plugins=[probe])
@@ -142,6 +150,8 @@ def train(cfg: dict) -> None:
         "world_size": trainer.world_size,
         "wrapped": type(trainer.model_wrapped).__name__,
         "log_history": trainer.state.log_history,
+        "max_steps": trainer.state.max_steps,
+        "samples": probe.samples,
         "training_loss": result.training_loss,
         "weights": _gathered(trainer),
         "saved": probe.saved,
