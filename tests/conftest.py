@@ -54,3 +54,22 @@ def chdir_tmp(tmp_path, monkeypatch):
     """Run the test inside ``tmp_path``: trackers' CWD-relative defaults land there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def fork_servers():
+    """``fork_servers(env)``: a :class:`forkserver.ForkServer` with that environment, started on
+    first use and shared by the whole session (one ``import torch`` for many child processes)."""
+    from forkserver import ForkServer
+
+    servers: dict[tuple, ForkServer] = {}
+
+    def get(env: dict[str, str]) -> ForkServer:
+        key = tuple(sorted(env.items()))
+        if key not in servers:
+            servers[key] = ForkServer(env)
+        return servers[key]
+
+    yield get
+    for server in servers.values():
+        server.close()

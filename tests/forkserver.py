@@ -1,0 +1,148 @@
+"""Run Python scripts as real child processes without paying ``import torch`` for each one.
+
+A :class:`ForkServer` is one child process that imports torch and hooktrain once and then, for
+each script to run, forks a fresh process that runs the script as ``python SCRIPT ARGS...`` would
+(``__name__ == "__main__"``, ``sys.argv``, the script's folder first on ``sys.path``), in its own
+working directory, with stdout and stderr captured. The forked process is a real, separate process:
+it can be SIGKILLed, it exits with its own status (``-N`` when a signal N ended it, as with
+:mod:`subprocess`), and what it changes dies with it. The only difference from a fresh interpreter
+is that torch and hooktrain are already imported, with the server's environment (fixed when the
+server starts: set there what those imports read, such as ``OMP_NUM_THREADS``).
+
+The server refuses to fork once it runs a thread besides the main one (a fork copies only the
+calling thread); importing torch and hooktrain starts none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVER = r"""
+import json, os, runpy, signal, sys, threading, time, traceback
+
+import torch  # noqa: F401  (what every script imports first: the reason this server exists)
+import hooktrain  # noqa: F401
+from hooktrain import Trainer, TrainingArguments  # noqa: F401
+
+
+def run(request):
+    '''In the forked process: the script as `python SCRIPT ARGS...` runs it; its exit status.'''
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+    os.chdir(request["cwd"])
+    script = request["script"]
+    sys.argv = [script, *request["args"]]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    try:
+        runpy.run_path(script, run_name="__main__")
+        return 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+
+
+def wait(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), False
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), True
+        time.sleep(0.01)
+
+
+def serve():
+    for line in sys.stdin:
+        request = json.loads(line)
+        if threading.active_count() != 1:
+            names = [t.name for t in threading.enumerate()]
+            print(json.dumps({"error": f"the fork server runs threads {names}: a fork is unsafe"}), flush=True)
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            return run(request)  # the interpreter then exits as usual: threads joined, atexit run
+        returncode, timed_out = wait(pid, request["timeout"])
+        print(json.dumps({"returncode": returncode, "timed_out": timed_out}), flush=True)
+    return 0
+
+
+sys.exit(serve())
+"""
+
+
+@dataclass
+class Completed:
+    """What :class:`subprocess.CompletedProcess` gives: the exit status and the captured output."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class ForkServer:
+    """Runs scripts in processes forked from one that has imported torch and hooktrain (see the
+    module's docstring). *env* is the environment of the server and so of every script."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = dict(env)
+        self._logs = tempfile.mkdtemp(prefix="hooktrain-forkserver-")
+        self._count = 0
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=open(os.path.join(self._logs, "server.err"), "wb"), env=self.env, text=True,
+        )
+
+    def run(self, script: str | os.PathLike, *args: str, cwd: str | os.PathLike | None = None,
+            timeout: float = 120) -> Completed:
+        """``python SCRIPT ARGS...`` in *cwd*, in a forked process; raises ``TimeoutError`` (the
+        process killed) when it runs longer than *timeout* seconds."""
+        self._count += 1
+        stdout = os.path.join(self._logs, f"{self._count}.out")
+        stderr = os.path.join(self._logs, f"{self._count}.err")
+        request = {"script": str(script), "args": [str(a) for a in args], "cwd": str(cwd or os.getcwd()),
+                   "stdout": stdout, "stderr": stderr, "timeout": timeout}
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(request) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fork server ended: {Path(self._logs, 'server.err').read_text()[-3000:]}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        done = Completed([str(script), *request["args"]], answer["returncode"],
+                         Path(stdout).read_text(errors="replace"), Path(stderr).read_text(errors="replace"))
+        if answer["timed_out"]:
+            raise TimeoutError(f"{script} {' '.join(request['args'])} ran over {timeout} s:\n{done.stderr[-3000:]}")
+        return done
+
+    def close(self) -> None:
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        import shutil
+
+        shutil.rmtree(self._logs, ignore_errors=True)
