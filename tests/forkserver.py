@@ -24,15 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SERVER = r"""
-import json, os, runpy, signal, sys, threading, time, traceback
+import gc, json, os, runpy, signal, sys, threading, time, traceback
 
 import torch  # noqa: F401  (what every script imports first: the reason this server exists)
 import hooktrain  # noqa: F401
 from hooktrain import Trainer, TrainingArguments  # noqa: F401
 
+gc.freeze()  # the objects of those imports stay out of the children's collections: fewer copied pages
+
 
 def run(request):
-    '''In the forked process: the script as `python SCRIPT ARGS...` runs it; its exit status.'''
+    '''In the forked process: the script as `python SCRIPT ARGS...` (or `python -m MODULE ARGS...`)
+    runs it; its exit status.'''
+    if request["new_session"]:
+        os.setsid()
+    os.environ.update(request["env"])
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
@@ -40,10 +46,15 @@ def run(request):
         os.dup2(target, fd)
     os.chdir(request["cwd"])
     script = request["script"]
-    sys.argv = [script, *request["args"]]
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
     try:
-        runpy.run_path(script, run_name="__main__")
+        if request["module"]:  # as `python -m`: the working directory first on sys.path
+            sys.argv = ["-m", *request["args"]]
+            sys.path[0] = os.getcwd()
+            runpy.run_module(script, run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = [script, *request["args"]]
+            sys.path[0] = os.path.dirname(os.path.abspath(script))
+            runpy.run_path(script, run_name="__main__")
         return 0
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
@@ -55,14 +66,14 @@ def run(request):
         return 1
 
 
-def wait(pid, timeout):
+def wait(pid, timeout, group):
     deadline = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status), False
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            (os.killpg if group else os.kill)(pid, signal.SIGKILL)
             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), True
         time.sleep(0.01)
 
@@ -79,7 +90,7 @@ def serve():
         pid = os.fork()
         if pid == 0:
             return run(request)  # the interpreter then exits as usual: threads joined, atexit run
-        returncode, timed_out = wait(pid, request["timeout"])
+        returncode, timed_out = wait(pid, request["timeout"], request["new_session"])
         print(json.dumps({"returncode": returncode, "timed_out": timed_out}), flush=True)
     return 0
 
@@ -112,14 +123,19 @@ class ForkServer:
         )
 
     def run(self, script: str | os.PathLike, *args: str, cwd: str | os.PathLike | None = None,
-            timeout: float = 120) -> Completed:
-        """``python SCRIPT ARGS...`` in *cwd*, in a forked process; raises ``TimeoutError`` (the
-        process killed) when it runs longer than *timeout* seconds."""
+            timeout: float = 120, module: bool = False, env: dict[str, str] | None = None,
+            new_session: bool = False) -> Completed:
+        """``python SCRIPT ARGS...`` (``python -m SCRIPT ARGS...`` with *module*) in *cwd*, in a
+        forked process with *env* added to its environment (only what is read after the server's
+        imports), in a session of its own with *new_session* (a signal to its process group then
+        reaches it and its children only); raises ``TimeoutError`` (the process killed) when it
+        runs longer than *timeout* seconds."""
         self._count += 1
         stdout = os.path.join(self._logs, f"{self._count}.out")
         stderr = os.path.join(self._logs, f"{self._count}.err")
         request = {"script": str(script), "args": [str(a) for a in args], "cwd": str(cwd or os.getcwd()),
-                   "stdout": stdout, "stderr": stderr, "timeout": timeout}
+                   "stdout": stdout, "stderr": stderr, "timeout": timeout, "module": module,
+                   "env": dict(env or {}), "new_session": new_session}
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
