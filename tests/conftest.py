@@ -73,3 +73,28 @@ def fork_servers():
     yield get
     for server in servers.values():
         server.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """``mlflow_store(path)`` puts an empty MLflow SQLite store at *path* (folders made) and returns it.
+
+    mlflow itself creates the store once per session (its schema takes seconds: dozens of
+    migrations); each test then gets a copy, so its run opens an existing store, as every run after
+    a user's first does. The main-job test (test_examples.py) still lets mlflow create its store.
+    """
+    import shutil
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+
+    def copy_to(path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template, path)
+        return path
+
+    return copy_to

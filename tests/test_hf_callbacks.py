@@ -341,12 +341,13 @@ def test_printer_and_progress_callbacks_run(tmp_path, capsys, caplog):
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
+def tracked(tmp_path_factory, mlflow_store):
     """One run with HF's TensorBoard, MLflow and W&B callbacks (hooktrain's reporters off)."""
     import wandb
     from transformers.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
 
     root = tmp_path_factory.mktemp("tracked")
+    mlflow_store(root / "mlflow.db")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "MLFLOW_EXPERIMENT_NAME": "hf-callbacks",
            "WANDB_DIR": str(root), "WANDB_PROJECT": "hf-callbacks", "TENSORBOARD_LOGGING_DIR": str(root / "tb")}
     with pytest.MonkeyPatch.context() as mp:

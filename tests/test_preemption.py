@@ -212,13 +212,14 @@ def wandb_service():
     wandb.teardown()
 
 
-def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference, wandb_service):
+def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference, wandb_service, mlflow_store):
     import glob
 
     from mlflow.tracking import MlflowClient
     from readback import read_comet, read_tensorboard, read_wandb
 
     trackers = ["tensorboard", "wandb", "mlflow", "comet"]
+    mlflow_store(tmp_path / "mlflow.db")
     first = train(tmp_path, {"at": "step", "step": 5}, report_to=trackers, run_name="preempted-run")
     assert first["status"] == "interrupted"
     resumed = train(tmp_path, resume=True, report_to=trackers)  # a new run_name: the stored runs win
@@ -258,7 +259,8 @@ def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference,
     assert [s for s, _ in comet[0]["scalars"]["train/loss"] + comet[1]["scalars"]["train/loss"]] == losses
 
 
-def test_resume_tracker_runs_false_starts_new_runs(tmp_path):
+def test_resume_tracker_runs_false_starts_new_runs(tmp_path, mlflow_store):
+    mlflow_store(tmp_path / "mlflow.db")
     train(tmp_path, {"at": "step", "step": 5}, report_to=["mlflow"], run_name="first")
     train(tmp_path, resume=True, report_to=["mlflow"], run_name="second", resume_tracker_runs=False)
     from mlflow.tracking import MlflowClient

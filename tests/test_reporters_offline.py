@@ -306,10 +306,10 @@ def test_comet_online_or_offline_from_comet_config(tmp_path, comet_env, monkeypa
 # ---- MLflow ---------------------------------------------------------------------------
 
 
-def test_mlflow_roundtrip_statuses_and_params(chdir_tmp, monkeypatch):
+def test_mlflow_roundtrip_statuses_and_params(chdir_tmp, monkeypatch, mlflow_store):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    expected_uri = "sqlite:///" + str(chdir_tmp / "out" / "mlflow.db")
+    expected_uri = "sqlite:///" + str(mlflow_store(chdir_tmp / "out" / "mlflow.db"))
     runs = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
     for status in runs:
         args = make_args("out", f"ml-{status}", "mlflow")
@@ -337,8 +337,8 @@ def test_mlflow_roundtrip_statuses_and_params(chdir_tmp, monkeypatch):
         assert params["run_name"] == f"ml-{status}"
 
 
-def test_mlflow_metrics_are_batched(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(tmp_path / "m.db"))
+def test_mlflow_metrics_are_batched(tmp_path, monkeypatch, mlflow_store):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(mlflow_store(tmp_path / "m.db")))
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "batched")
     reporter = mlflow.MlflowReporter(make_args(tmp_path / "unused", "b", "mlflow"))
     reporter.report_run_start(run_name="b", config={})

@@ -76,7 +76,7 @@ def read_all(out: Path, run_name: str) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def mlflow_db(tmp_path_factory):
+def mlflow_db(tmp_path_factory, mlflow_store):
     """An MLflow SQLite store with its schema and the "hooktrain" experiment created once.
 
     Creating the schema takes seconds; each test copies this file to ``<output_dir>/mlflow.db``,
@@ -85,7 +85,7 @@ def mlflow_db(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     path = tmp_path_factory.mktemp("mlflow") / "template.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").create_experiment("hooktrain")
+    MlflowClient(tracking_uri=f"sqlite:///{mlflow_store(path)}").create_experiment("hooktrain")
     return path
 
 
@@ -769,12 +769,13 @@ def test_a_slow_artifact_store_neither_holds_up_training_nor_loses_its_checkpoin
     assert stored == [(f"checkpoint-{n}", True, True) for n in (2, 4, 6)]
 
 
-def test_report_checkpoints_stores_each_checkpoint_as_an_artifact(chdir_tmp):
+def test_report_checkpoints_stores_each_checkpoint_as_an_artifact(chdir_tmp, mlflow_store):
     import zipfile
 
     from mlflow.tracking import MlflowClient
 
     out = chdir_tmp / "out"
+    mlflow_store(out / "mlflow.db")  # no experiment yet: the reporter makes it, with its artifact folder
     trainer = Trainer(
         args=make_args(out, report_to=["mlflow", "comet", "wandb"], report_checkpoints=True,
                        save_strategy="steps", save_steps=3, save_total_limit=1),
