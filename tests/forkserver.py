@@ -39,6 +39,8 @@ def run(request):
     if request["new_session"]:
         os.setsid()
     os.environ.update(request["env"])
+    if "PYTHONPATH" in request["env"]:  # as at a start: after the script's folder, before the rest
+        sys.path[1:1] = [p for p in request["env"]["PYTHONPATH"].split(os.pathsep) if p]
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
@@ -127,7 +129,7 @@ class ForkServer:
             new_session: bool = False) -> Completed:
         """``python SCRIPT ARGS...`` (``python -m SCRIPT ARGS...`` with *module*) in *cwd*, in a
         forked process with *env* added to its environment (only what is read after the server's
-        imports), in a session of its own with *new_session* (a signal to its process group then
+        imports; a ``PYTHONPATH`` there also goes onto ``sys.path``, as at a start), in a session of its own with *new_session* (a signal to its process group then
         reaches it and its children only); raises ``TimeoutError`` (the process killed) when it
         runs longer than *timeout* seconds."""
         self._count += 1
