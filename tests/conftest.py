@@ -59,16 +59,19 @@ def chdir_tmp(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def fork_servers():
     """``fork_servers(env)``: a :class:`forkserver.ForkServer` with that environment, started on
-    first use and shared by the whole session (one ``import torch`` for many child processes)."""
+    first use and shared by the whole session (one ``import torch`` for many child processes); the
+    three used last are kept (each holds an imported torch in memory)."""
     from forkserver import ForkServer
 
     servers: dict[tuple, ForkServer] = {}
 
     def get(env: dict[str, str]) -> ForkServer:
         key = tuple(sorted(env.items()))
-        if key not in servers:
-            servers[key] = ForkServer(env)
-        return servers[key]
+        server = servers.pop(key, None) or ForkServer(env)
+        servers[key] = server  # the newest last
+        while len(servers) > 3:
+            servers.pop(next(iter(servers))).close()
+        return server
 
     yield get
     for server in servers.values():

@@ -49,7 +49,11 @@ def run(request):
     os.chdir(request["cwd"])
     script = request["script"]
     try:
-        if request["module"]:  # as `python -m`: the working directory first on sys.path
+        if request["code"] is not None:  # as `python -c CODE ARGS...`
+            sys.argv = ["-c", *request["args"]]
+            sys.path[0] = ""
+            exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        elif request["module"]:  # as `python -m`: the working directory first on sys.path
             sys.argv = ["-m", *request["args"]]
             sys.path[0] = os.getcwd()
             runpy.run_module(script, run_name="__main__", alter_sys=True)
@@ -126,8 +130,9 @@ class ForkServer:
 
     def run(self, script: str | os.PathLike, *args: str, cwd: str | os.PathLike | None = None,
             timeout: float = 120, module: bool = False, env: dict[str, str] | None = None,
-            new_session: bool = False) -> Completed:
-        """``python SCRIPT ARGS...`` (``python -m SCRIPT ARGS...`` with *module*) in *cwd*, in a
+            new_session: bool = False, code: str | None = None) -> Completed:
+        """``python SCRIPT ARGS...`` (``python -m SCRIPT ARGS...`` with *module*, ``python -c CODE
+        ARGS...`` with *code*, SCRIPT then only names it) in *cwd*, in a
         forked process with *env* added to its environment (only what is read after the server's
         imports; a ``PYTHONPATH`` there also goes onto ``sys.path``, as at a start), in a session of its own with *new_session* (a signal to its process group then
         reaches it and its children only); raises ``TimeoutError`` (the process killed) when it
@@ -137,7 +142,7 @@ class ForkServer:
         stderr = os.path.join(self._logs, f"{self._count}.err")
         request = {"script": str(script), "args": [str(a) for a in args], "cwd": str(cwd or os.getcwd()),
                    "stdout": stdout, "stderr": stderr, "timeout": timeout, "module": module,
-                   "env": dict(env or {}), "new_session": new_session}
+                   "env": dict(env or {}), "new_session": new_session, "code": code}
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
