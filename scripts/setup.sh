@@ -38,7 +38,7 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
 # Without uv (HOOKTRAIN_SETUP_PIP=1, or uv not installable) pip does it all, as before.
 uv_args() {  # pip's configuration as uv options, one a line; the certificate and timeout as env
     "$VENV/bin/python" - "$("$VENV/bin/python" -m pip config list 2>/dev/null)" <<'PY'
-import shlex, sys
+import sys
 options = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
            "constraint": "--constraint", "trusted-host": "--allow-insecure-host"}
 environment = {"cert": "SSL_CERT_FILE", "timeout": "UV_HTTP_TIMEOUT", "default-timeout": "UV_HTTP_TIMEOUT"}
@@ -57,20 +57,21 @@ for line in sys.argv[1].splitlines():  # section.key='value' (section: global, i
 PY
 }
 install() {  # install ARGS...: with uv when it is there, else with pip
-    if [[ -x "$VENV/bin/uv" ]]; then
+    if [[ -n "$use_uv" ]]; then
         "${uv_env[@]}" "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" \
             --index-strategy unsafe-best-match "${uv_opts[@]}" "$@"
     else
         pip install --quiet "$@"
     fi
 }
-uv_opts=() uv_env=(env)
+uv_opts=() uv_env=(env) use_uv=
 if [[ -z "${HOOKTRAIN_SETUP_PIP:-}" ]] && pip install --quiet uv; then
+    use_uv=1
     while IFS= read -r line; do
         if [[ "$line" == env:* ]]; then uv_env+=("${line#env:}"); else uv_opts+=("$line"); fi
     done < <(uv_args)
 else
-    echo "setup: uv not installed; installing with pip" >&2
+    echo "setup: installing with pip alone (HOOKTRAIN_SETUP_PIP set, or uv not installable)" >&2
 fi
 
 echo "setup: installing torch==$TORCH_VERSION" >&2
