@@ -31,8 +31,9 @@ fi
 rm -f "$STAMP"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
 
-# uv installs the ~160 packages in seconds where pip takes minutes (parallel downloads, no
-# bytecode compiled up front: Python writes it on first import). pip puts uv into .venv; uv is
+# uv installs the ~160 packages in seconds where pip takes minutes (parallel downloads and
+# installs, bytecode compiled on every core; compiled up front as pip does, since a run with
+# PYTHONDONTWRITEBYTECODE=1 would otherwise compile torch at every start). pip puts uv into .venv; uv is
 # then given pip's own configuration (index URLs, find-links, constraints, certificate, timeout)
 # and pip's choice among them (the best version over all indexes), so it installs the same files.
 # Without uv (HOOKTRAIN_SETUP_PIP=1, or uv not installable) pip does it all, as before.
@@ -59,7 +60,7 @@ PY
 install() {  # install ARGS...: with uv when it is there, else with pip
     if [[ -n "$use_uv" ]]; then
         "${uv_env[@]}" "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" \
-            --index-strategy unsafe-best-match "${uv_opts[@]}" "$@"
+            --index-strategy unsafe-best-match --compile-bytecode "${uv_opts[@]}" "$@"
     else
         pip install --quiet "$@"
     fi
