@@ -54,3 +54,50 @@ def chdir_tmp(tmp_path, monkeypatch):
     """Run the test inside ``tmp_path``: trackers' CWD-relative defaults land there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def fork_servers():
+    """``fork_servers(env)``: a :class:`forkserver.ForkServer` with that environment, started on
+    first use and shared by the whole session (one ``import torch`` for many child processes); the
+    three used last are kept (each holds an imported torch in memory)."""
+    from forkserver import ForkServer
+
+    servers: dict[tuple, ForkServer] = {}
+
+    def get(env: dict[str, str]) -> ForkServer:
+        key = tuple(sorted(env.items()))
+        server = servers.pop(key, None) or ForkServer(env)
+        servers[key] = server  # the newest last
+        while len(servers) > 3:
+            servers.pop(next(iter(servers))).close()
+        return server
+
+    yield get
+    for server in servers.values():
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """``mlflow_store(path)`` puts an empty MLflow SQLite store at *path* (folders made) and returns it.
+
+    mlflow itself creates the store once per session (its schema takes seconds: dozens of
+    migrations); each test then gets a copy, so its run opens an existing store, as every run after
+    a user's first does. The main-job test (test_examples.py) still lets mlflow create its store.
+    """
+    import shutil
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+
+    def copy_to(path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template, path)
+        return path
+
+    return copy_to

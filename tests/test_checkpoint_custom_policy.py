@@ -1,7 +1,8 @@
 """The example third-party save policy, installed for real and selected with ``save_strategy="walltime"``.
 
 ``pip install --no-deps --target`` puts the distribution (with its entry point) in a folder; the
-runs are child processes with that folder on ``PYTHONPATH``, as for a user who installed it.
+runs are child processes (forked from one that imported torch: tests/forkserver.py) with that
+folder on ``PYTHONPATH``, as for a user who installed it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ trainer.train(resume_from_checkpoint=sys.argv[3] == "resume" or None)
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
+def installed(tmp_path_factory, fork_servers):
     """The example installed with pip into its own folder (built from a copy: the source stays clean)."""
     base = tmp_path_factory.mktemp("walltime")
     source, target = base / "src", base / "site"
@@ -46,17 +47,16 @@ def installed(tmp_path_factory):
     assert list(target.glob("hooktrain_walltime-0.1.0.dist-info")), sorted(p.name for p in target.iterdir())
     script = base / "run.py"
     script.write_text(RUN.format(tests=str(ROOT / "tests")))
-    return target, script
+    env = {k: v for k, v in os.environ.items() if k != "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD"}
+    return target, script, fork_servers({**env, "OMP_NUM_THREADS": "1"})
 
 
 def run(installed, out: Path, max_steps: int, minutes: str, resume: bool = False) -> None:
-    target, script = installed
-    env = {k: v for k, v in os.environ.items() if k != "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD"}
-    env.update(PYTHONPATH=str(target), HOOKTRAIN_WALLTIME_MINUTES=minutes, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, str(script), str(out), str(max_steps), "resume" if resume else "fresh"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
+    """The run script in a process forked from one that imported torch and hooktrain (the
+    ``installed`` fixture's fork server: tests/forkserver.py), the example on its PYTHONPATH."""
+    target, script, forks = installed
+    done = forks.run(script, out, max_steps, "resume" if resume else "fresh", timeout=120,
+                     env={"PYTHONPATH": str(target), "HOOKTRAIN_WALLTIME_MINUTES": minutes})
     assert done.returncode == 0, done.stderr
 
 
@@ -65,11 +65,8 @@ def walltime_state(checkpoint: Path) -> dict:
 
 
 def test_listed_by_hooktrain_plugins(installed):
-    target, _ = installed
-    env = {k: v for k, v in os.environ.items() if k != "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD"}
-    env["PYTHONPATH"] = str(target)
-    done = subprocess.run([sys.executable, "-m", "hooktrain", "plugins", "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    target, _, forks = installed
+    done = forks.run("hooktrain", "plugins", "--json", module=True, env={"PYTHONPATH": str(target)})
     assert done.returncode == 0, done.stderr
     plugin = next(p for p in json.loads(done.stdout) if p["name"] == "walltime")
     assert plugin["distribution"] == "hooktrain-walltime" and not plugin["builtin"]

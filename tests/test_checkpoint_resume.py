@@ -1,7 +1,8 @@
 """Exact resume after a real SIGKILL: mid-epoch, at an epoch boundary, and at every stage of a
 checkpoint being written in the background (``save_async``).
 
-Each run is a child process (this file run as a script). The killed run dies by
+Each run is a child process (this file run as a script, forked from a process that imported torch:
+tests/forkserver.py). The killed run dies by
 ``os.kill(os.getpid(), SIGKILL)``; the resumed run continues with ``resume_from_checkpoint=True``.
 Its final weights must be bit-identical to an uninterrupted run's, with dropout, shuffling,
 gradient accumulation 2 (and a short last window) and a cosine schedule with warm-up. The
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -110,12 +110,10 @@ def child(out: str, kill: str, at: int, resume: bool) -> None:
     trainer.save_state()
 
 
-def run_child(out: Path, kill: str = "none", at: int = 0, resume: bool = False) -> subprocess.CompletedProcess[str]:
+def run_child(fork_servers, out: Path, kill: str = "none", at: int = 0, resume: bool = False):
+    """This file as a script, in a process forked from one that imported torch (tests/forkserver.py)."""
     env = {**os.environ, "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(HERE), str(out), kill, str(at), str(int(resume))],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
+    return fork_servers(env).run(HERE, out, kill, at, int(resume), timeout=120)
 
 
 def weights(directory: Path) -> dict:
@@ -138,9 +136,9 @@ def step_logs(out: Path) -> dict[int, tuple[float, float]]:
     return {e["step"]: (e["loss"], e["learning_rate"]) for e in history if "learning_rate" in e}
 
 
-def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path, fork_servers):
     reference = tmp_path / "uninterrupted"
-    done = run_child(reference, "sync")
+    done = run_child(fork_servers, reference, "sync")
     assert done.returncode == 0, done.stderr
     assert checkpoint_steps(reference) == list(range(1, TOTAL_STEPS + 1))
 
@@ -155,7 +153,7 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path):
         ("before_rename", 11, "killed with checkpoint-11 complete, before the rename"),
     ]
     for i, (kill, at, where) in enumerate(stages):
-        killed = run_child(out, kill, at, resume=i > 0)
+        killed = run_child(fork_servers, out, kill, at, resume=i > 0)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert checkpoint_steps(out) == list(range(1, at)), where
         partial = out / f".tmp-checkpoint-{at}"
@@ -175,7 +173,7 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(tmp_path):
         for step in checkpoint_steps(out):  # every checkpoint so far equals the uninterrupted run's
             assert_same_weights(reference / f"checkpoint-{step}", out / f"checkpoint-{step}", f"step {step}, {where}")
 
-    resumed = run_child(out, resume=True)
+    resumed = run_child(fork_servers, out, resume=True)
     assert resumed.returncode == 0, resumed.stderr
     assert not list(out.glob(".tmp-*")), "the killed save's directory is removed at the next start"
     assert checkpoint_steps(out) == list(range(1, TOTAL_STEPS + 1))

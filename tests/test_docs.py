@@ -1,7 +1,8 @@
 """The documentation runs: every Python code block of README.md and docs/*.md is executed.
 
 The blocks of one page run in order in one fresh Python process (so a later block may use what an
-earlier one defined), inside a temporary directory, with the trackers offline. A block that needs
+earlier one defined; the process is forked from one that already imported torch and hooktrain,
+tests/forkserver.py), inside a temporary directory, with the trackers offline. A block that needs
 a multi-process launch or a server is marked by an HTML comment on the line before its fence,
 ``<!-- no-run -->`` (a reason may follow: ``<!-- no-run: needs torchrun -->``), and is skipped.
 Relative links must point at files that exist.
@@ -12,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +88,7 @@ PAGES_WITH_CODE = [p for p in PAGES if runnable(p)]
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=_rel)
-def test_python_blocks_run(page, tmp_path):
+def test_python_blocks_run(page, tmp_path, fork_servers):
     blocks = runnable(page)
     spec = tmp_path / "blocks.json"
     spec.write_text(json.dumps([{"page": _rel(b.page), "line": b.line, "code": b.code} for b in blocks]))
@@ -99,8 +98,8 @@ def test_python_blocks_run(page, tmp_path):
     work.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    proc = subprocess.run([sys.executable, str(runner), str(spec)], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=240)
+    # a fresh process per page, forked from one that imported torch and hooktrain (tests/forkserver.py)
+    proc = fork_servers(env).run(runner, spec, cwd=work, timeout=240)
     assert proc.returncode == 0, (
         f"{_rel(page)}: a code block failed (exit {proc.returncode}). Make it runnable (the page's "
         "blocks run in order in one namespace: define what it uses in an earlier block), or, if it "

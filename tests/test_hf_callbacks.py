@@ -11,8 +11,6 @@ import copy
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -341,12 +339,13 @@ def test_printer_and_progress_callbacks_run(tmp_path, capsys, caplog):
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
+def tracked(tmp_path_factory, mlflow_store):
     """One run with HF's TensorBoard, MLflow and W&B callbacks (hooktrain's reporters off)."""
     import wandb
     from transformers.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
 
     root = tmp_path_factory.mktemp("tracked")
+    mlflow_store(root / "mlflow.db")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "MLFLOW_EXPERIMENT_NAME": "hf-callbacks",
            "WANDB_DIR": str(root), "WANDB_PROJECT": "hf-callbacks", "TENSORBOARD_LOGGING_DIR": str(root / "tb")}
     with pytest.MonkeyPatch.context() as mp:
@@ -407,7 +406,7 @@ def test_tracker_callback_beside_our_reporter_warns(tmp_path, caplog):
     assert "TensorBoardCallback and report_to=['tensorboard'] both log to tensorboard" in caplog.text
 
 
-def test_hooktrain_stays_free_of_transformers_without_callbacks(tmp_path):
+def test_hooktrain_stays_free_of_transformers_without_callbacks(tmp_path, fork_servers):
     code = (
         "import sys, torch, hooktrain\n"
         f"args = hooktrain.TrainingArguments(output_dir={str(tmp_path / 'o')!r}, report_to='none', max_steps=1)\n"
@@ -428,5 +427,6 @@ def test_hooktrain_stays_free_of_transformers_without_callbacks(tmp_path):
         "    raise AssertionError('no error')\n"
     )
     env = {**os.environ, "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    # python -c, forked from a process that imported torch and hooktrain only (tests/forkserver.py)
+    done = fork_servers(env).run("-c", code=code, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -73,12 +73,13 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, mlflow_store):
     if not MLFLOW.exists():
         pytest.skip(f"no mlflow executable at {MLFLOW}")
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = root / "server.log"
+    mlflow_store(root / "db.sqlite")  # the server opens an existing store: no schema to create first
     cmd = [
         str(MLFLOW), "server",
         "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",

@@ -99,16 +99,20 @@ def installed_plugin(tmp_path_factory):
     return target
 
 
-def run(args, env_extra, cwd=None):
-    env = {**os.environ, **env_extra}
-    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+def run(forks, args, env_extra, cwd=None):
+    """``python ARGS`` (a script or ``-m MODULE``) with *env_extra* added to the environment, in a
+    process forked from one that imported torch and hooktrain (*forks*: the ``fork_servers`` fixture)."""
+    assert args[0] == sys.executable
+    module = args[1] == "-m"
+    script, rest = (args[2], args[3:]) if module else (args[1], args[2:])
+    return forks(dict(os.environ)).run(script, *rest, module=module, env=env_extra, cwd=cwd, timeout=120)
 
 
-def test_entry_point_plugin_is_loaded_and_selected(installed_plugin, tmp_path):
+def test_entry_point_plugin_is_loaded_and_selected(installed_plugin, tmp_path, fork_servers):
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT)
     out = tmp_path / "out"
-    proc = run([sys.executable, str(script), str(out)], {"PYTHONPATH": str(installed_plugin)})
+    proc = run(fork_servers, [sys.executable, str(script), str(out)], {"PYTHONPATH": str(installed_plugin)})
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["start"].startswith("out-")
@@ -116,19 +120,19 @@ def test_entry_point_plugin_is_loaded_and_selected(installed_plugin, tmp_path):
     assert records[-1] == {"end": "completed"}
 
 
-def test_autoload_can_be_switched_off(installed_plugin, tmp_path):
+def test_autoload_can_be_switched_off(installed_plugin, tmp_path, fork_servers):
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT)
     proc = run(
-        [sys.executable, str(script), str(tmp_path / "out")],
+        fork_servers, [sys.executable, str(script), str(tmp_path / "out")],
         {"PYTHONPATH": str(installed_plugin), "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
     assert proc.returncode != 0
     assert "unknown reporter 'jsonl'" in proc.stderr and "Installed: comet" in proc.stderr
 
 
-def test_plugins_command_lists_the_installed_plugin(installed_plugin):
-    proc = run([sys.executable, "-m", "hooktrain", "plugins", "--json"], {"PYTHONPATH": str(installed_plugin)})
+def test_plugins_command_lists_the_installed_plugin(installed_plugin, fork_servers):
+    proc = run(fork_servers, [sys.executable, "-m", "hooktrain", "plugins", "--json"], {"PYTHONPATH": str(installed_plugin)})
     assert proc.returncode == 0, proc.stderr
     infos = {i["name"]: i for i in json.loads(proc.stdout)}
     assert infos["jsonl"]["distribution"] == "hooktrain-jsonl"
@@ -137,17 +141,17 @@ def test_plugins_command_lists_the_installed_plugin(installed_plugin):
     assert infos["jsonl"]["registers"] == {"reporters": ["jsonl"]}
     assert infos["reporters.comet"]["registers"] == {"reporters": ["comet", "comet_ml"]}
     assert infos["training"]["builtin"] is True
-    text = run([sys.executable, "-m", "hooktrain", "plugins"], {"PYTHONPATH": str(installed_plugin)}).stdout
+    text = run(fork_servers, [sys.executable, "-m", "hooktrain", "plugins"], {"PYTHONPATH": str(installed_plugin)}).stdout
     assert "jsonl  [hooktrain-jsonl 0.3.1]" in text and "reporters: jsonl" in text
 
 
-def test_a_broken_entry_point_names_plugin_distribution_and_the_way_out(tmp_path):
+def test_a_broken_entry_point_names_plugin_distribution_and_the_way_out(tmp_path, fork_servers):
     site = tmp_path / "site"
     dist = site / "hooktrain_broken-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hooktrain-broken\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[hooktrain]\nbroken = no_such_module_xyz\n")
-    proc = run([sys.executable, "-m", "hooktrain", "plugins"], {"PYTHONPATH": str(site)})
+    proc = run(fork_servers, [sys.executable, "-m", "hooktrain", "plugins"], {"PYTHONPATH": str(site)})
     assert proc.returncode != 0
     assert "plugin 'broken'" in proc.stderr and "hooktrain-broken" in proc.stderr
     assert "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD=1" in proc.stderr

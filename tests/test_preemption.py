@@ -59,8 +59,10 @@ class Run:
 
 
 def hooktrain(out: Path, signal_at: dict | None = None, resume: bool = False, nproc: int | None = None,
-              **overrides) -> Run:
-    """``hooktrain train`` of the preempt task into *out*, under torchrun with *nproc* processes."""
+              forks=None, **overrides) -> Run:
+    """``hooktrain train`` of the preempt task into *out*, under torchrun with *nproc* processes, else
+    as ``python -m hooktrain`` in a process of its own session forked by *forks* (the
+    ``fork_servers`` fixture: tests/forkserver.py)."""
     config = out.parent / f"{out.name}.json"
     config.write_text(json.dumps({"task": f"{SCRIPTS / 'preempt.py'}:build", "output_dir": str(out), **ARGS,
                                   **overrides}))
@@ -71,10 +73,14 @@ def hooktrain(out: Path, signal_at: dict | None = None, resume: bool = False, np
     else:
         cmd = [sys.executable, *cli]
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONUNBUFFERED="1",
-               PREEMPT_TEST=json.dumps({"dropout": True, **(signal_at or {})}))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT, start_new_session=True)
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PREEMPT_TEST")}
+    env.update(OMP_NUM_THREADS="1", HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONUNBUFFERED="1")
+    task = {"PREEMPT_TEST": json.dumps({"dropout": True, **(signal_at or {})})}
+    if not nproc:
+        assert forks is not None, "pass the fork_servers fixture"
+        return Run(forks(env).run(*cli[1:], module=True, env=task, new_session=True, timeout=TIMEOUT), out)
+    proc = subprocess.run(cmd, env={**env, **task}, capture_output=True, text=True, timeout=TIMEOUT,
+                          start_new_session=True)
     return Run(proc, out)
 
 
@@ -151,9 +157,9 @@ def test_sigterm_while_a_background_save_is_in_flight(tmp_path, reference, monke
     assert_resumed_exactly(train(tmp_path, resume=True), 4, reference)
 
 
-def test_hooktrain_train_exits_75_and_the_requeued_job_resumes(tmp_path, reference):
+def test_hooktrain_train_exits_75_and_the_requeued_job_resumes(tmp_path, reference, fork_servers):
     out = tmp_path / "out"
-    run = hooktrain(out, {"at": "step", "step": 2})
+    run = hooktrain(out, {"at": "step", "step": 2}, forks=fork_servers)
     assert run.returncode == EXIT_PREEMPTED == 75, run.output[-4000:]
     assert run.result()["status"] == "interrupted"
     assert "preempted by SIGTERM at step 2: checkpoint written in" in run.output
@@ -163,18 +169,18 @@ def test_hooktrain_train_exits_75_and_the_requeued_job_resumes(tmp_path, referen
     assert_resumed_exactly(train(out, resume=True), 2, reference)  # what the requeued job does
 
 
-def test_sigterm_to_the_whole_process_group_with_loader_workers(tmp_path, reference):
+def test_sigterm_to_the_whole_process_group_with_loader_workers(tmp_path, reference, fork_servers):
     # as SLURM signals every process of a job step: the evaluation's loader workers end at once
     out = tmp_path / "out"
-    run = hooktrain(out, {"at": "eval", "step": 4, "item": 4, "to": "group"}, dataloader_num_workers=2)
+    run = hooktrain(out, {"at": "eval", "step": 4, "item": 4, "to": "group"}, dataloader_num_workers=2, forks=fork_servers)
     assert run.returncode == EXIT_PREEMPTED, run.output[-4000:]
     assert run.result()["global_step"] == 4 and not verify(out / "checkpoint-4")
     assert_resumed_exactly(train(out, resume=True, dataloader_num_workers=2), 4, reference)
 
 
-def test_a_second_sigterm_during_the_save_ends_the_process_and_corrupts_nothing(tmp_path, reference):
+def test_a_second_sigterm_during_the_save_ends_the_process_and_corrupts_nothing(tmp_path, reference, fork_servers):
     out = tmp_path / "out"
-    run = hooktrain(out, {"at": "step", "step": 5, "twice": True})
+    run = hooktrain(out, {"at": "step", "step": 5, "twice": True}, forks=fork_servers)
     assert run.returncode == -signal.SIGTERM, run.output[-4000:]  # the default action: ended at once
     assert not (out / "result_rank0.json").exists()
     assert checkpoint_steps(out) == [3] and not verify(out / "checkpoint-3")  # checkpoint-5 never appeared
@@ -206,13 +212,14 @@ def wandb_service():
     wandb.teardown()
 
 
-def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference, wandb_service):
+def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference, wandb_service, mlflow_store):
     import glob
 
     from mlflow.tracking import MlflowClient
     from readback import read_comet, read_tensorboard, read_wandb
 
     trackers = ["tensorboard", "wandb", "mlflow", "comet"]
+    mlflow_store(tmp_path / "mlflow.db")
     first = train(tmp_path, {"at": "step", "step": 5}, report_to=trackers, run_name="preempted-run")
     assert first["status"] == "interrupted"
     resumed = train(tmp_path, resume=True, report_to=trackers)  # a new run_name: the stored runs win
@@ -252,7 +259,8 @@ def test_every_tracker_continues_its_run_after_a_preemption(tmp_path, reference,
     assert [s for s, _ in comet[0]["scalars"]["train/loss"] + comet[1]["scalars"]["train/loss"]] == losses
 
 
-def test_resume_tracker_runs_false_starts_new_runs(tmp_path):
+def test_resume_tracker_runs_false_starts_new_runs(tmp_path, mlflow_store):
+    mlflow_store(tmp_path / "mlflow.db")
     train(tmp_path, {"at": "step", "step": 5}, report_to=["mlflow"], run_name="first")
     train(tmp_path, resume=True, report_to=["mlflow"], run_name="second", resume_tracker_runs=False)
     from mlflow.tracking import MlflowClient

@@ -81,11 +81,11 @@ def drive(reporter: object, run_name: str, config: dict, status: str) -> None:
         raise errors[0]
 
 
-def run_python(code: str) -> subprocess.CompletedProcess[str]:
+def run_python(forks, code: str):
+    """``python -c CODE`` from the repository root, in a process forked from one that imported torch
+    and hooktrain and nothing else (*forks*: the ``fork_servers`` fixture, tests/forkserver.py)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
-    )
+    return forks(env).run("-c", code=code, cwd=REPO, timeout=120)
 
 
 # ---- registration, lazy imports, missing libraries ----------------------------------------
@@ -117,7 +117,7 @@ def test_modules_register_reporter_names_through_pluggy(tmp_path):
     assert not problems
 
 
-def test_importing_reporter_modules_imports_no_tracker():
+def test_importing_reporter_modules_imports_no_tracker(fork_servers):
     code = """
 import sys
 from hooktrain.plugins.reporters import comet, mlflow, tensorboard, wandb
@@ -128,12 +128,12 @@ for m in (comet, mlflow, tensorboard, wandb):
 heavy = ("wandb", "mlflow", "comet_ml", "tensorboard", "torch.utils.tensorboard")
 print(sorted(names), sorted(n for n in heavy if n in sys.modules))
 """
-    proc = run_python(code)
+    proc = run_python(fork_servers, code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == "['comet', 'comet_ml', 'mlflow', 'tensorboard', 'wandb'] []"
 
 
-def test_missing_tracker_library_names_the_extra(tmp_path):
+def test_missing_tracker_library_names_the_extra(tmp_path, fork_servers):
     code = f"""
 import sys
 for name in ("wandb", "mlflow", "comet_ml", "tensorboard"):
@@ -152,7 +152,7 @@ for module, cls in ((wandb, "WandbReporter"), (mlflow, "MlflowReporter"),
     else:
         raise SystemExit(f"{{cls}} did not raise")
 """
-    proc = run_python(code)
+    proc = run_python(fork_servers, code)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().split("\n")
     assert len(lines) == 4
@@ -306,10 +306,10 @@ def test_comet_online_or_offline_from_comet_config(tmp_path, comet_env, monkeypa
 # ---- MLflow ---------------------------------------------------------------------------
 
 
-def test_mlflow_roundtrip_statuses_and_params(chdir_tmp, monkeypatch):
+def test_mlflow_roundtrip_statuses_and_params(chdir_tmp, monkeypatch, mlflow_store):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    expected_uri = "sqlite:///" + str(chdir_tmp / "out" / "mlflow.db")
+    expected_uri = "sqlite:///" + str(mlflow_store(chdir_tmp / "out" / "mlflow.db"))
     runs = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
     for status in runs:
         args = make_args("out", f"ml-{status}", "mlflow")
@@ -337,8 +337,8 @@ def test_mlflow_roundtrip_statuses_and_params(chdir_tmp, monkeypatch):
         assert params["run_name"] == f"ml-{status}"
 
 
-def test_mlflow_metrics_are_batched(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(tmp_path / "m.db"))
+def test_mlflow_metrics_are_batched(tmp_path, monkeypatch, mlflow_store):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(mlflow_store(tmp_path / "m.db")))
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "batched")
     reporter = mlflow.MlflowReporter(make_args(tmp_path / "unused", "b", "mlflow"))
     reporter.report_run_start(run_name="b", config={})

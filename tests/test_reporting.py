@@ -76,7 +76,7 @@ def read_all(out: Path, run_name: str) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def mlflow_db(tmp_path_factory):
+def mlflow_db(tmp_path_factory, mlflow_store):
     """An MLflow SQLite store with its schema and the "hooktrain" experiment created once.
 
     Creating the schema takes seconds; each test copies this file to ``<output_dir>/mlflow.db``,
@@ -85,7 +85,7 @@ def mlflow_db(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     path = tmp_path_factory.mktemp("mlflow") / "template.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").create_experiment("hooktrain")
+    MlflowClient(tracking_uri=f"sqlite:///{mlflow_store(path)}").create_experiment("hooktrain")
     return path
 
 
@@ -649,7 +649,7 @@ def test_evaluate_outside_train_gets_its_own_finished_run(chdir_tmp):
 # ---- a third-party reporter, installed; a missing tracker library -------------------------------
 
 
-def test_installed_custom_reporter_is_selected_by_name(tmp_path):
+def test_installed_custom_reporter_is_selected_by_name(tmp_path, fork_servers):
     source = tmp_path / "src"
     shutil.copytree(REPO / "examples" / "custom_reporter", source)  # build outside the repository
     site = tmp_path / "site"
@@ -675,8 +675,9 @@ def test_installed_custom_reporter_is_selected_by_name(tmp_path):
         sys.stdout.flush()
         main(["plugins"])
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env=subprocess_env(PYTHONPATH=str(site)))
+    # python -c, forked from a process that imported torch and hooktrain (tests/forkserver.py)
+    proc = fork_servers(subprocess_env()).run("-c", code=script, cwd=tmp_path, timeout=120,
+                                              env={"PYTHONPATH": str(site)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     history_line = next(line for line in proc.stdout.splitlines() if line.startswith("HISTORY "))
     history = json.loads(history_line[len("HISTORY "):])
@@ -696,7 +697,7 @@ def test_installed_custom_reporter_is_selected_by_name(tmp_path):
     assert json.loads((out / "run.json").read_text()) == {"run_name": "csv-run", "status": "completed"}
 
 
-def test_a_missing_tracker_library_is_an_error_naming_the_extra(tmp_path):
+def test_a_missing_tracker_library_is_an_error_naming_the_extra(tmp_path, fork_servers):
     script = textwrap.dedent(f"""
         import sys
         for name in ("wandb", "comet_ml", "mlflow"):
@@ -716,8 +717,7 @@ def test_a_missing_tracker_library_is_an_error_naming_the_extra(tmp_path):
         trainer = Trainer(args=args("all"), **tiny_trainer_parts())
         print("ALL", sorted(active_reporters(trainer)))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env=subprocess_env())
+    proc = fork_servers(subprocess_env()).run("-c", code=script, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("ERROR", "ALL")))
     assert 'pip install "hooktrain[wandb]"' in lines["ERROR"] and "wandb" in lines["ERROR"]
@@ -769,12 +769,13 @@ def test_a_slow_artifact_store_neither_holds_up_training_nor_loses_its_checkpoin
     assert stored == [(f"checkpoint-{n}", True, True) for n in (2, 4, 6)]
 
 
-def test_report_checkpoints_stores_each_checkpoint_as_an_artifact(chdir_tmp):
+def test_report_checkpoints_stores_each_checkpoint_as_an_artifact(chdir_tmp, mlflow_store):
     import zipfile
 
     from mlflow.tracking import MlflowClient
 
     out = chdir_tmp / "out"
+    mlflow_store(out / "mlflow.db")  # no experiment yet: the reporter makes it, with its artifact folder
     trainer = Trainer(
         args=make_args(out, report_to=["mlflow", "comet", "wandb"], report_checkpoints=True,
                        save_strategy="steps", save_steps=3, save_total_limit=1),

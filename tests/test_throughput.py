@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -382,14 +381,13 @@ def child(out: str, kill_at: int) -> None:
     trainer.save_state()
 
 
-def test_num_input_tokens_seen_survives_a_kill_and_resume(tmp_path):
+def test_num_input_tokens_seen_survives_a_kill_and_resume(tmp_path, fork_servers):
     from helpers import checkpoint_steps
 
     env = {**os.environ, "HOOKTRAIN_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
 
-    def run(kill_at: int) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(HERE), str(tmp_path), str(kill_at)],
-                              capture_output=True, text=True, env=env, timeout=120)
+    def run(kill_at: int):  # this file as a script, forked from a process that imported torch
+        return fork_servers(env).run(HERE, tmp_path, kill_at, timeout=120)
 
     epoch = sum(Tokens(26).real(i) for i in range(26))  # real tokens of one epoch
     killed = run(kill_at=6)  # checkpoint-4 written (after the log of step 3), then killed in epoch 2
