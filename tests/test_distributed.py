@@ -58,7 +58,11 @@ def launch(out: Path, nproc: int | None = 2, timeout: float = LAUNCH_TIMEOUT, **
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers share this session
-        output, _ = proc.communicate()
+        try:
+            output, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired as late:  # a rank outside the session still holds the pipe
+            partial = late.output or b""
+            output = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
         pytest.fail(f"{cmd[3:5]} did not end within {timeout} s:\n{output[-4000:]}")
     return Launch(proc.returncode, output, time.monotonic() - start, out)
 
