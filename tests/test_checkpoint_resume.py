@@ -76,11 +76,11 @@ def child(out: str, kill: str, at: int, resume: bool) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     class Killing(writer.HashingWriter):
-        def __init__(self, path, *rest):
+        def __init__(self, path, *rest, **options):
             die_if("before_files", path.parent)
             if path.name == "manifest.json":
                 die_if("before_manifest", path.parent)
-            super().__init__(path, *rest)
+            super().__init__(path, *rest, **options)
 
         def write(self, data):
             if self.path.name == "optimizer.pt" and self.size > 0:

@@ -128,7 +128,7 @@ def write_model(output_dir: Path, weights: dict[str, Callable[[Any], None]], arg
     contents = {**weights, ARGS_NAME: lambda f: f.write(args_bytes)}
     try:
         for name, produce in contents.items():
-            writer = HashingWriter(staging / name)
+            writer = HashingWriter(staging / name, direct=False)  # the caller waits: the page cache is quicker
             try:
                 produce(writer)
             except BaseException:

@@ -88,12 +88,14 @@ class HashingWriter:
 
     Small pieces gather in an aligned buffer (:class:`_Staging`); large ones are written from where
     they are. A file that outgrows the buffer, or gets a large piece, is written with ``O_DIRECT``
-    where the file system allows: to the disk without the page cache, whose page allocation and copy would take CPU time from training (on this VM
+    where the file system allows (and *direct*): to the disk without the page cache, whose page allocation and copy would take CPU time from training (on this VM
     a buffered write of 63 MB costs 17-120 ms of CPU, ``O_DIRECT`` 2 ms). The tail that does not
     fill a block, small files and file systems without ``O_DIRECT`` go through the page cache.
+    A save that training waits for passes ``direct=False``: buffered writes and one fsync of them
+    all finish sooner than direct writes, which wait for the disk one after another.
     """
 
-    def __init__(self, path: Path, algorithm: str = HASH):
+    def __init__(self, path: Path, algorithm: str = HASH, *, direct: bool = True):
         self.path = path
         self.algorithm = algorithm
         self.size = 0
@@ -102,7 +104,7 @@ class HashingWriter:
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, 0o644)
         self._staging: _Staging | None = _Staging.take()
         self._direct = False  # O_DIRECT is on (decided when the buffer first fills)
-        self._tried_direct = False
+        self._tried_direct = not direct  # direct=False: always through the page cache
         self.direct_bytes = 0  # how many bytes went to the disk without the page cache
 
     def write(self, data: Any) -> int:

@@ -157,12 +157,14 @@ def _in_parallel(calls: list[Callable[[], Any]]) -> list[Any]:
     return [f.result() for f in futures]
 
 
-def persist(snapshot: Snapshot, coordinator: Coordinator | None = None) -> Path:
+def persist(snapshot: Snapshot, coordinator: Coordinator | None = None, background: bool = False) -> Path:
     """Write *snapshot* durably and rename it into place (then rotate); its final directory.
 
     A failure removes the temporary directory and raises :class:`CheckpointError` naming the
     checkpoint (a full disk says so, with the bytes needed and free). With several processes
     every process calls it: the main process renames only when every process's files are in.
+    *background* (training goes on meanwhile): the large files go to the disk with ``O_DIRECT``,
+    which costs the least CPU; else through the page cache, which finishes sooner.
     """
     snapshot.make_owned()
     tmp, writers = snapshot.tmp, []
@@ -182,7 +184,7 @@ def persist(snapshot: Snapshot, coordinator: Coordinator | None = None) -> Path:
             if snapshot.sharded is not None:
                 snapshot.sharded(tmp)
             for name, produce in snapshot.files.items():
-                w = HashingWriter(tmp / name)
+                w = HashingWriter(tmp / name, direct=background)
                 writers.append(w)
                 produce(w)
                 w.drain()  # its buffer serves the next file
@@ -248,7 +250,7 @@ class BackgroundSave:
         try:
             self.snapshot.make_owned()  # at full priority: the next optimizer step may wait for it
             _yield_to_training()
-            persist(self.snapshot, coordinator)
+            persist(self.snapshot, coordinator, background=True)
         except BaseException as exc:  # surfaced on the training thread by result()
             self.error = exc
         finally:
