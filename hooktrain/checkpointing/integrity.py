@@ -101,7 +101,7 @@ class HashingWriter:
         self.size = 0
         self.failure: OSError | None = None
         self._hasher = new_hasher(algorithm)
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, 0o644)
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, 0o666)  # as open(): the umask decides
         self._staging: _Staging | None = _Staging.take()
         self._direct = False  # O_DIRECT is on (decided when the buffer first fills)
         self._tried_direct = not direct  # direct=False: always through the page cache
