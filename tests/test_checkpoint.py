@@ -204,7 +204,7 @@ def test_hashing_writer_bytes_and_checksum_at_every_boundary(tmp_path, where, me
             source = memoryview(aligned)
         path = directory / f"hooktrain-test-{os.getpid()}-{size}.bin"
         try:
-            writer = HashingWriter(path)
+            writer = HashingWriter(path, direct=True)
             pieces, start = [_ALIGN, 3 << 20, 17, 4095, 9 << 20, 1], 0
             for i in range(len(data)):  # small and large pieces, straddling the buffer's end
                 if start >= size:
@@ -221,6 +221,18 @@ def test_hashing_writer_bytes_and_checksum_at_every_boundary(tmp_path, where, me
             source.release()
             path.unlink(missing_ok=True)
 
+
+
+def test_hashing_writer_goes_through_the_page_cache_unless_asked(tmp_path):
+    """Without ``direct=True`` (a save training waits for) nothing bypasses the page cache."""
+    from hooktrain.checkpointing.integrity import _STAGING_BYTES, HashingWriter, digest_bytes
+
+    data = torch.randint(0, 256, (2 * _STAGING_BYTES + 3,), dtype=torch.uint8).numpy().tobytes()
+    writer = HashingWriter(tmp_path / "f.bin")
+    writer.write(data[:5])
+    writer.write(data[5:])
+    assert writer.seal() == {"size": len(data), "xxh3_128": digest_bytes(data)}
+    assert writer.direct_bytes == 0 and (tmp_path / "f.bin").read_bytes() == data
 
 class Tied(torch.nn.Module):
     """Input and output embeddings share one weight (safetensors refuses shared storage as is)."""

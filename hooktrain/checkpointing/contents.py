@@ -55,23 +55,17 @@ def _torch_save(f: Any, value: Any) -> None:
     file (instead of 64), so that the writer hands them to the disk without copying them.
     Both are torch's global serialization settings, restored afterwards; a ``torch.save`` on
     another thread meanwhile gets them too, and its file loads the same."""
-    get_crc, set_crc = (getattr(torch.serialization, f"{verb}_crc32_options", None) for verb in ("get", "set"))
     try:
-        from torch.utils.serialization import config
-    except ImportError:  # torch before 2.6: neither setting exists
+        from torch.utils.serialization import config  # torch 2.6 and later
+    except ImportError:
         torch.save(value, f)
         return
-    if get_crc is None or set_crc is None or not hasattr(config.save, "storage_alignment"):
-        torch.save(value, f)
-        return
-    crc, alignment = get_crc(), config.save.storage_alignment
-    set_crc(False)
-    config.save.storage_alignment = FILE_ALIGNMENT
+    before = config.save.compute_crc32, config.save.storage_alignment
+    config.save.compute_crc32, config.save.storage_alignment = False, FILE_ALIGNMENT
     try:
         torch.save(value, f)
     finally:
-        set_crc(crc)
-        config.save.storage_alignment = alignment
+        config.save.compute_crc32, config.save.storage_alignment = before
 
 
 def state_bytes(model: torch.nn.Module, optimizer: Any = None) -> int:
@@ -128,7 +122,7 @@ def write_model(output_dir: Path, weights: dict[str, Callable[[Any], None]], arg
     contents = {**weights, ARGS_NAME: lambda f: f.write(args_bytes)}
     try:
         for name, produce in contents.items():
-            writer = HashingWriter(staging / name, direct=False)  # the caller waits: the page cache is quicker
+            writer = HashingWriter(staging / name)
             try:
                 produce(writer)
             except BaseException:

@@ -91,11 +91,12 @@ class HashingWriter:
     where the file system allows (and *direct*): to the disk without the page cache, whose page allocation and copy would take CPU time from training (on this VM
     a buffered write of 63 MB costs 17-120 ms of CPU, ``O_DIRECT`` 2 ms). The tail that does not
     fill a block, small files and file systems without ``O_DIRECT`` go through the page cache.
-    A save that training waits for passes ``direct=False``: buffered writes and one fsync of them
-    all finish sooner than direct writes, which wait for the disk one after another.
+    ``direct=True`` is for a background persist: a save that training waits for keeps the default,
+    since buffered writes and one fsync of them all finish sooner than direct writes, which wait
+    for the disk one after another.
     """
 
-    def __init__(self, path: Path, algorithm: str = HASH, *, direct: bool = True):
+    def __init__(self, path: Path, algorithm: str = HASH, *, direct: bool = False):
         self.path = path
         self.algorithm = algorithm
         self.size = 0

@@ -82,17 +82,18 @@ STORE_NAME = "checkpoint.store"
 def __getattr__(name: str) -> Any:
     """The checkpoint format's names, which earlier versions exposed here: still found, with a
     ``DeprecationWarning`` pointing to :mod:`hooktrain.checkpointing`."""
+    import warnings
+
     import hooktrain.checkpointing as library
     from hooktrain.checkpointing import format as format_module
 
-    for source in (library, format_module):
-        if name in getattr(source, "__all__", ()) or (source is format_module and name == "FORMAT"):
-            import warnings
+    source = library if name in library.__all__ else format_module if name == "FORMAT" else None
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"hooktrain.plugins.checkpoint.{name} moved to {source.__name__}.{name}",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(source, name)
 
-            warnings.warn(f"hooktrain.plugins.checkpoint.{name} moved to {source.__name__}.{name}",
-                          DeprecationWarning, stacklevel=2)
-            return getattr(source, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Arguments compared with the checkpoint's ``training_args.json`` on resume. A difference in
 #: the first group changes what ``global_step`` means for the data (which samples were seen), so
